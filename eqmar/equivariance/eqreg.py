@@ -1,0 +1,263 @@
+"""EQ-Reg: a soft rotation-equivariance regulariser for an unmodified network, as an Ignite handler.
+
+One :class:`EQReg` object does three things around a MONAI ``SupervisedTrainer``:
+
+1. ``prepare_batch`` draws one group element ``g`` per iteration and turns the batch into the paired
+   batch ``[x ; g · x]`` with targets ``[y ; g · y]`` (so the trainer's single forward pass sees both);
+2. forward hooks on the chosen layers compute, during that one forward pass, the per-layer residual
+   ``|| g · F(x) - shift_g(F(g · x)) ||`` from the two halves of each layer's output;
+3. ``attach(engine)`` adds ``weight · Σ residuals`` to ``engine.state.output["loss"]`` at
+   ``IterationEvents.LOSS_COMPLETED`` (before the trainer calls ``backward``) and stores the
+   unweighted sum in ``engine.state.output["eq_reg"]`` for logging.
+
+Example::
+
+    eqreg = EQReg(network, layers=torch.nn.Conv2d, group="C4", weight=1e-8)
+    trainer = SupervisedTrainer(..., network=network, prepare_batch=eqreg.prepare_batch,
+                                train_handlers=[eqreg, ...])
+
+It can also drive a plain PyTorch loop: build the batch with :meth:`EQReg.pair`, run the network, and
+add ``eqreg.weight * eqreg.pop_term()`` to the loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmar.equivariance.functional import Reduction, equivariance_residual
+from eqmar.equivariance.groups import RotationGroup, get_group
+from eqmar.equivariance.layers import LayerSpec, check_channel_divisibility, select_layers, unwrap_network
+from eqmar.equivariance.pairing import infer_batch_size, pair_batch
+
+__all__ = ["EQReg"]
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+class EQReg:
+    """Soft equivariance regulariser attached to selected layers of an unmodified network.
+
+    Args:
+        network: the network to regularise (a DDP/DataParallel wrapper is unwrapped for the hooks).
+        layers: which layers to regularise: a module type or tuple of types (default: every
+            ``nn.Conv2d``), qualified names or full-match regular expressions, or a predicate
+            ``(name, module) -> bool``. The residual is taken on each layer's raw output.
+        group: "C4" (published), "C2", "D4" or "C8", or a group instance.
+        weight: the regularisation weight λ of ``loss + λ · Σ_l residual_l``.
+        reduction: "norm" (published Frobenius norm) or "mean" (root-mean-square; see
+            :mod:`eqmar.equivariance.functional` for the equivalent λ).
+        image_keys: keys of a dict batch to transform together (default: every (B, C, H, W) tensor).
+        prepare_batch: the trainer's usual ``prepare_batch``, applied to the paired batch.
+        elements: group elements to draw from (default: all, identity included, as published).
+        seed: seed of the element draws; every DDP rank must use the same seed so all ranks rotate
+            alike.
+        interp_modes: per-key interpolation mode for C8 (e.g. ``{"mask": "nearest"}``).
+        output_key: where the unweighted term is stored in ``engine.state.output``.
+
+    Raises:
+        ValueError: when a layer name does not exist, nothing is selected, or a selected layer's
+            channel count is not divisible by the group order.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        layers: LayerSpec = nn.Conv2d,
+        group: str | RotationGroup = "C4",
+        weight: float = 1e-8,
+        reduction: Reduction = "norm",
+        image_keys: Sequence[str] | None = None,
+        prepare_batch: Callable | None = None,
+        elements: Sequence[int] | None = None,
+        seed: int = 0,
+        interp_modes: Mapping[str, str] | None = None,
+        output_key: str = "eq_reg",
+    ) -> None:
+        if reduction not in ("norm", "mean"):
+            raise ValueError(f"EQReg: reduction must be 'norm' or 'mean', got {reduction!r}.")
+        if weight < 0:
+            raise ValueError(f"EQReg: weight must be non-negative, got {weight}.")
+        self.group = get_group(group)
+        self.network = unwrap_network(network)
+        self.layers = select_layers(self.network, layers)
+        check_channel_divisibility(self.layers, self.group)
+        self.weight = float(weight)
+        self.reduction: Reduction = reduction
+        self.image_keys = list(image_keys) if image_keys is not None else None
+        self.interp_modes = dict(interp_modes or {})
+        self.output_key = output_key
+        self.elements = [self.group.check_element(n) for n in (elements if elements is not None else self.group.elements())]
+        if not self.elements:
+            raise ValueError("EQReg: `elements` is empty.")
+        if prepare_batch is None:
+            from monai.engines.utils import default_prepare_batch
+
+            prepare_batch = default_prepare_batch
+        self._inner_prepare_batch = prepare_batch
+        self._generator = torch.Generator().manual_seed(int(seed))
+        self._element: int | None = None
+        self._half: int | None = None
+        self._residuals: list[torch.Tensor] = []
+        self._handles: list[Any] = []
+        self.register_hooks()
+
+    # ------------------------------------------------------------------ hooks
+    def register_hooks(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if self._handles:
+            return
+        self._handles = [m.register_forward_hook(self._make_hook(name)) for name, m in self.layers.items()]
+
+    def remove_hooks(self) -> None:
+        """Remove the forward hooks and forget any pending residuals."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._disarm()
+
+    @property
+    def hooks_registered(self) -> bool:
+        return bool(self._handles)
+
+    def _make_hook(self, name: str) -> Callable:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if self._element is None or not module.training:
+                return
+            features = _first_tensor(output)
+            if features is None or features.ndim != 4:
+                raise ValueError(f"EQ-Reg: layer {name!r} must output a (B, C, H, W) tensor, got {type(output).__name__}.")
+            if features.shape[1] % self.group.order:
+                raise ValueError(
+                    f"EQ-Reg: layer {name!r} outputs {features.shape[1]} channels, not divisible by the "
+                    f"order {self.group.order} of {self.group.name}."
+                )
+            if features.shape[0] != 2 * self._half:
+                raise RuntimeError(
+                    f"EQ-Reg: layer {name!r} saw batch size {features.shape[0]}, expected the paired batch "
+                    f"2 x {self._half}. Does the network split or reshape the batch dimension?"
+                )
+            half = self._half
+            self._residuals.append(
+                equivariance_residual(features[:half], features[half:], self._element, self.group, self.reduction)
+            )
+
+        return hook
+
+    # ------------------------------------------------------------ batch side
+    def draw_element(self) -> int:
+        """Draw the group element of the next step (reproducible from ``seed``, identical across ranks)."""
+        index = int(torch.randint(len(self.elements), (1,), generator=self._generator))
+        return self.elements[index]
+
+    def pair(self, batch: Any, n: int | None = None) -> Any:
+        """Return the paired batch ``[x ; g · x]`` and arm the hooks for the next forward pass.
+
+        Args:
+            batch: a dict, tensor or (image, label) batch.
+            n: group element; drawn with :meth:`draw_element` when None.
+        """
+        n = self.draw_element() if n is None else self.group.check_element(n)
+        half = infer_batch_size(batch, self.image_keys)
+        paired = pair_batch(batch, self.group, n, self.image_keys, self.interp_modes)
+        self._element, self._half = n, half
+        self._residuals = []
+        return paired
+
+    def prepare_batch(self, batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+        """``prepare_batch`` for ``SupervisedTrainer``: pair the batch, then apply the inner ``prepare_batch``."""
+        return self._inner_prepare_batch(self.pair(batchdata), device, non_blocking, **kwargs)
+
+    def _disarm(self) -> None:
+        self._element = None
+        self._half = None
+        self._residuals = []
+
+    # ------------------------------------------------------------- loss side
+    def pop_term(self) -> torch.Tensor:
+        """Return the unweighted ``Σ residuals`` of the last forward pass and disarm the hooks.
+
+        Multiply by :attr:`weight` before adding it to a loss.
+
+        Raises:
+            RuntimeError: when no paired batch was prepared or no regularised layer ran, which would
+                otherwise silently switch the regulariser off.
+        """
+        if self._element is None:
+            raise RuntimeError(
+                "EQ-Reg: no paired batch was prepared for this step; pass `prepare_batch=eqreg.prepare_batch` "
+                "to the trainer (or call `eqreg.pair(batch)` before the forward pass)."
+            )
+        if not self._residuals:
+            raise RuntimeError(
+                "EQ-Reg: none of the regularised layers ran in training mode during the forward pass "
+                f"(layers: {list(self.layers)[:5]}...)."
+            )
+        total = torch.stack(self._residuals).sum()
+        self._disarm()
+        return total
+
+    # ------------------------------------------------------------ Ignite side
+    def attach(self, engine: Any) -> None:
+        """Attach to an Ignite/MONAI trainer (called by MONAI for objects in ``train_handlers``)."""
+        from ignite.engine import Events
+        from monai.engines.utils import IterationEvents
+
+        engine.add_event_handler(Events.STARTED, self._on_started)
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self._add_term)
+        engine.add_event_handler(Events.COMPLETED, self._on_completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+
+    def _on_started(self, engine: Any) -> None:
+        self.register_hooks()
+        self._disarm()
+
+    def _add_term(self, engine: Any) -> None:
+        output = engine.state.output
+        term = self.pop_term()
+        output[self.output_key] = term.detach()
+        if self.weight:
+            output["loss"] = output["loss"] + self.weight * term.to(output["loss"].dtype)
+
+    def _on_completed(self, engine: Any) -> None:
+        self.remove_hooks()
+
+    def _on_exception(self, engine: Any, e: BaseException) -> None:
+        self.remove_hooks()
+        # Ignite hands an exception to the EXCEPTION_RAISED handlers instead of raising it; when this
+        # handler is the only one, re-raise so that attaching EQ-Reg never swallows an error.
+        from ignite.engine import Events
+
+        handlers = getattr(engine, "_event_handlers", {}).get(Events.EXCEPTION_RAISED, [])
+        if len(handlers) <= 1:
+            raise e
+
+    # ----------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Draw-generator state, so a resumed run continues the same element sequence."""
+        return {"generator": self._generator.get_state(), "weight": self.weight}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
+        self.weight = float(state.get("weight", self.weight))
+
+    def __enter__(self) -> EQReg:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove_hooks()
+
+    def __repr__(self) -> str:
+        return (
+            f"EQReg(group={self.group.name}, weight={self.weight:g}, reduction={self.reduction!r}, "
+            f"layers={len(self.layers)})"
+        )

@@ -1,0 +1,99 @@
+"""The EQ-Reg residual as a function of two feature tensors.
+
+For a layer with features ``z0 = F(x)`` and ``z1 = F(g · x)`` the published per-layer term (Bai et al.,
+CVPR 2025) is the Frobenius norm of the whole half-batch difference::
+
+    r(g) = || g · z0 - shift_g(z1) ||_2          (not squared, not averaged)
+
+``reduction="mean"`` returns the root-mean-square form ``r(g) / sqrt(N)`` where ``N`` is the number of
+compared elements (all elements of ``z0``, or those inside the valid region for C8). It does not grow
+with batch size, width or resolution, so one weight suits layers of any size. The two forms are
+equivalent layer by layer when
+
+    lambda_mean = lambda_norm * sqrt(N_l),
+
+e.g. the published lambda_norm = 1e-8 on a DICDNet layer with 16 x 36 x 64 x 64 features
+(N = 2.36e6) corresponds to lambda_mean ≈ 1.5e-5 for that layer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from eqmar.equivariance.groups import RotationGroup, get_group
+
+__all__ = ["equivariance_difference", "equivariance_residual", "Reduction"]
+
+Reduction = Literal["norm", "mean"]
+
+
+def equivariance_difference(
+    features: torch.Tensor,
+    features_transformed: torch.Tensor,
+    n: int,
+    group: str | RotationGroup = "C4",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``g · features - shift_g(features_transformed)`` in float32 and the valid-region mask.
+
+    Args:
+        features: ``F(x)``, shape (B, C, H, W) with C divisible by the group order.
+        features_transformed: ``F(g · x)``, same shape.
+        n: group element index.
+        group: group name or instance.
+
+    Returns:
+        The difference (masked to the valid region where the group has one) and the mask or None.
+    """
+    grp = get_group(group)
+    if features.shape != features_transformed.shape:
+        raise ValueError(
+            "equivariance_difference: features and features_transformed must have the same shape, got "
+            f"{tuple(features.shape)} and {tuple(features_transformed.shape)}."
+        )
+    if features.ndim != 4:
+        raise ValueError(f"equivariance_difference expects (B, C, H, W) features, got shape {tuple(features.shape)}.")
+    if features.shape[-1] != features.shape[-2] and grp.name != "C2":
+        raise ValueError(
+            f"{grp.name} rotations need square feature maps, got {features.shape[-2]}x{features.shape[-1]}."
+        )
+    # fp32 keeps the tiny residuals of nearly equivariant layers meaningful under AMP.
+    z0 = features.float()
+    z1 = features_transformed.float()
+    diff = grp.act(z0, n) - grp.shift(z1, n)
+    mask = grp.valid_region(diff.shape[-2], diff.shape[-1], diff.device)
+    if mask is not None:
+        diff = diff * mask
+    return diff, mask
+
+
+def equivariance_residual(
+    features: torch.Tensor,
+    features_transformed: torch.Tensor,
+    n: int,
+    group: str | RotationGroup = "C4",
+    reduction: Reduction = "norm",
+) -> torch.Tensor:
+    """The EQ-Reg term of one layer: ``|| g · F(x) - shift_g(F(g · x)) ||``.
+
+    Args:
+        features: ``F(x)``, (B, C, H, W).
+        features_transformed: ``F(g · x)``, (B, C, H, W).
+        n: group element index (0 is the identity, giving 0 for a deterministic layer).
+        group: "C2", "C4", "C8", "D4" or a :class:`~eqmar.equivariance.groups.RotationGroup`.
+        reduction: "norm" for the published Frobenius norm, "mean" for its root-mean-square form
+            (see the module docstring for the equivalent weights).
+
+    Returns:
+        A 0-d float32 tensor, differentiable with respect to both inputs. Its gradient at a zero
+        difference is zero (not NaN).
+    """
+    if reduction not in ("norm", "mean"):
+        raise ValueError(f"reduction must be 'norm' or 'mean', got {reduction!r}.")
+    diff, mask = equivariance_difference(features, features_transformed, n, group)
+    residual = torch.linalg.vector_norm(diff)
+    if reduction == "mean":
+        count = diff.numel() if mask is None else mask.sum() * diff.shape[0] * diff.shape[1]
+        residual = residual / torch.sqrt(torch.as_tensor(count, dtype=residual.dtype, device=residual.device))
+    return residual

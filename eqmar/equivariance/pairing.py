@@ -1,0 +1,127 @@
+"""Build the paired batch ``[x ; g · x]`` used by EQ-Reg.
+
+Every image in a batch (the network input and everything spatially aligned with it: labels, masks,
+LI images) is transformed by the same group element and appended to the batch, so the task loss sees
+both halves. Everything else that is per-sample (class labels, indices, metadata lists) is repeated,
+so the batch stays consistent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from eqmar.equivariance.groups import RotationGroup, get_group
+
+__all__ = ["pair_batch", "infer_batch_size", "is_image_tensor"]
+
+
+def is_image_tensor(value: Any) -> bool:
+    """True for a batched 2-D image tensor ``(B, C, H, W)``."""
+    return isinstance(value, torch.Tensor) and value.ndim == 4
+
+
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    # MetaTensor carries per-sample affine metadata that a batch-dimension concat would scramble;
+    # the training step only needs the data.
+    as_tensor = getattr(t, "as_tensor", None)
+    return as_tensor() if callable(as_tensor) else t
+
+
+def infer_batch_size(batch: Any, image_keys: Sequence[str] | None = None) -> int:
+    """Batch size of the first image tensor in ``batch``.
+
+    Raises:
+        ValueError: when the batch holds no (B, C, H, W) tensor (or, for a dict batch with explicit
+            ``image_keys``, when one of those keys is missing).
+    """
+    if isinstance(batch, Mapping):
+        keys = list(image_keys) if image_keys else [k for k, v in batch.items() if is_image_tensor(v)]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(
+                f"EQ-Reg: the batch has no key(s) {missing}; available keys: {sorted(map(str, batch))}."
+            )
+        images = [batch[k] for k in keys if is_image_tensor(batch[k])]
+    elif isinstance(batch, torch.Tensor):
+        images = [batch] if is_image_tensor(batch) else []
+    elif isinstance(batch, Sequence):
+        images = [v for v in batch if is_image_tensor(v)]
+    else:
+        images = []
+    if not images:
+        raise ValueError(
+            "EQ-Reg: the batch contains no image tensor of shape (B, C, H, W) to rotate; "
+            f"got {type(batch).__name__}" + (f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else "")
+        )
+    return int(images[0].shape[0])
+
+
+def _repeat(value: Any, batch_size: int) -> Any:
+    """Repeat per-sample entries so they line up with the doubled batch; leave the rest unchanged."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim >= 1 and value.shape[0] == batch_size:
+            return torch.cat([_plain(value), _plain(value)], dim=0)
+        return value
+    if isinstance(value, Mapping):
+        return {k: _repeat(v, batch_size) for k, v in value.items()}
+    if isinstance(value, list) and len(value) == batch_size:
+        return value + value
+    if isinstance(value, tuple) and len(value) == batch_size:
+        return value + value
+    return value
+
+
+def _pair_image(value: torch.Tensor, group: RotationGroup, n: int, mode: str) -> torch.Tensor:
+    value = _plain(value)
+    return torch.cat([value, group.act(value, n, mode=mode)], dim=0)
+
+
+def pair_batch(
+    batch: Any,
+    group: str | RotationGroup,
+    n: int,
+    image_keys: Sequence[str] | None = None,
+    interp_modes: Mapping[str, str] | None = None,
+) -> Any:
+    """Return ``batch`` with every image doubled as ``[x ; g · x]`` and every other per-sample entry repeated.
+
+    Args:
+        batch: a dict batch (as collated by MONAI's ``DataLoader``), a tensor, or a tuple/list such as
+            ``(image, label)``.
+        group: group name or instance.
+        n: the group element applied to the second half.
+        image_keys: for dict batches, the keys to transform. Default: every (B, C, H, W) tensor.
+            Keys listed here must exist in the batch.
+        interp_modes: per-key interpolation mode for interpolating groups (C8), e.g.
+            ``{"mask": "nearest"}``; default "bilinear".
+
+    Returns:
+        A batch of the same structure with twice the batch size.
+    """
+    grp = get_group(group)
+    n = grp.check_element(n)
+    modes = dict(interp_modes or {})
+    batch_size = infer_batch_size(batch, image_keys)
+    if isinstance(batch, Mapping):
+        keys = set(image_keys) if image_keys else {k for k, v in batch.items() if is_image_tensor(v)}
+        out = {}
+        for key, value in batch.items():
+            if key in keys:
+                if not is_image_tensor(value):
+                    raise ValueError(
+                        f"EQ-Reg: batch[{key!r}] should be a (B, C, H, W) image tensor, got "
+                        f"{type(value).__name__} with shape {tuple(getattr(value, 'shape', ()))}."
+                    )
+                out[key] = _pair_image(value, grp, n, modes.get(key, "bilinear"))
+            else:
+                out[key] = _repeat(value, batch_size)
+        return out
+    if isinstance(batch, torch.Tensor):
+        return _pair_image(batch, grp, n, "bilinear")
+    paired = [
+        _pair_image(v, grp, n, "bilinear") if is_image_tensor(v) else _repeat(v, batch_size) for v in batch
+    ]
+    return type(batch)(paired) if isinstance(batch, tuple) else paired

@@ -1,0 +1,234 @@
+"""EQReg inside MONAI's SupervisedTrainer: paired batches, the loss term, activity, errors, lifecycle."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+from monai.data import DataLoader
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from eqmar.equivariance import EQReg, convs_divisible_by, equivariance_report, get_group
+
+FEATURES = (8, 8, 16, 16, 32, 8)
+
+
+def _smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(count, 1, size, size, generator=gen)
+    return nn.functional.avg_pool2d(noise, 5, 1, 2) * 3
+
+
+def _denoising_data(count: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    clean = _smooth_images(count, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    noisy = clean + 0.3 * torch.randn(clean.shape, generator=gen)
+    return [{"image": noisy[i], "label": clean[i]} for i in range(count)]
+
+
+def _unet(seed: int = 0) -> BasicUNet:
+    torch.manual_seed(seed)
+    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=FEATURES)
+
+
+def _trainer(
+    network: nn.Module, eqreg: EQReg | None, epochs: int = 1, data=None, handlers=(), lr: float = 2e-3
+) -> SupervisedTrainer:
+    loader = DataLoader(data or _denoising_data(), batch_size=4, shuffle=False)
+    return SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=torch.optim.Adam(network.parameters(), lr),
+        loss_function=nn.MSELoss(),
+        prepare_batch=eqreg.prepare_batch if eqreg is not None else default_prepare_batch,
+        train_handlers=[eqreg, *handlers] if eqreg is not None else list(handlers),
+    )
+
+
+def test_prepare_batch_doubles_and_rotates_every_image_key() -> None:
+    net = _unet()
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), seed=3)
+    batch = {
+        "image": torch.randn(2, 1, 8, 8),
+        "label": torch.randn(2, 1, 8, 8),
+        "mask": torch.randint(0, 2, (2, 1, 8, 8)).float(),
+        "LI": torch.randn(2, 1, 8, 8),
+        "mask_index": torch.tensor([3, 5]),
+        "image_id": ["a", "b"],
+    }
+    n = eqreg.draw_element()
+    eqreg._generator.manual_seed(3)  # replay the same draw inside prepare_batch
+    image, label = eqreg.prepare_batch(batch)
+    paired = eqreg.pair(batch, n)
+    assert image.shape[0] == 4 and label.shape[0] == 4
+    assert torch.equal(image[:2], batch["image"]) and torch.equal(image[2:], torch.rot90(batch["image"], n, (2, 3)))
+    assert torch.equal(label[2:], torch.rot90(batch["label"], n, (2, 3)))
+    for key in ("mask", "LI"):
+        assert torch.equal(paired[key][2:], torch.rot90(batch[key], n, (2, 3)))
+    assert paired["mask_index"].tolist() == [3, 5, 3, 5]
+    assert paired["image_id"] == ["a", "b", "a", "b"]
+
+
+def test_loss_includes_weighted_term_and_output_logs_it() -> None:
+    net = _unet()
+    weight = 1e-2
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=weight, elements=[1, 2, 3])
+    trainer = _trainer(net, eqreg)
+    seen: list[tuple[float, float, float]] = []
+
+    def check(engine: SupervisedTrainer) -> None:
+        out = engine.state.output
+        task = nn.functional.mse_loss(out["pred"], out["label"])
+        seen.append((float(out["loss"]), float(task), float(out["eq_reg"])))
+
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED, check)
+    trainer.run()
+    assert len(seen) == 4
+    for loss, task, term in seen:
+        assert term > 0
+        assert math.isclose(loss, task + weight * term, rel_tol=1e-5)
+    assert "eq_reg" in trainer.state.output[0]
+    assert not eqreg.hooks_registered  # removed on COMPLETED
+
+
+def test_one_forward_pass_per_step() -> None:
+    net = _unet()
+    calls = []
+    net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=1.0)
+    _trainer(net, eqreg).run()
+    assert calls == [8, 8, 8, 8]
+
+
+def _train_and_measure(weight: float) -> float:
+    net = _unet(seed=0)
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=weight, reduction="mean", seed=0)
+    torch.manual_seed(0)
+    _trainer(net, eqreg, epochs=6, lr=1e-2).run()
+    report = equivariance_report(net, DataLoader(_denoising_data(8, seed=7), batch_size=4), layers=convs_divisible_by("C4"))
+    return report.mean_layer_error
+
+
+def test_regulariser_is_really_active() -> None:
+    """Same seed, same data, same augmentation: a large weight gives a more equivariant network.
+
+    Measured when written: mean relative layer error 1.43 with weight 0 vs 0.57 with weight 1.
+    """
+    plain = _train_and_measure(0.0)
+    regularised = _train_and_measure(1.0)
+    assert regularised < 0.6 * plain, (plain, regularised)
+
+
+def test_identity_steps_have_finite_gradients() -> None:
+    net = _unet()
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=1.0, elements=[0])
+    grads_finite = []
+
+    def check(engine: SupervisedTrainer) -> None:
+        grads_finite.append(all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None))
+
+    trainer = _trainer(net, eqreg)
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, check)
+    trainer.run()
+    assert grads_finite == [True] * 4
+
+
+def test_unknown_layer_name_is_reported_with_suggestion() -> None:
+    with pytest.raises(ValueError, match="no layer named 'down_1.conv'.*Did you mean"):
+        EQReg(_unet(), layers=["down_1.conv"])
+
+
+def test_indivisible_channels_are_named_at_setup() -> None:
+    with pytest.raises(ValueError, match=r"final_conv \(1 channels\)"):
+        EQReg(_unet(), layers=nn.Conv2d)
+    conv = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1))
+    with pytest.raises(ValueError, match=r"divisible by 8; these layers are not: 0 \(6 channels\)"):
+        EQReg(conv, group="D4")
+
+
+def test_batch_without_expected_keys() -> None:
+    eqreg = EQReg(_unet(), layers=convs_divisible_by("C4"), image_keys=["image", "label"])
+    with pytest.raises(KeyError, match=r"no key\(s\) \['label'\]; available keys: \['image'\]"):
+        eqreg.prepare_batch({"image": torch.zeros(1, 1, 8, 8)})
+    with pytest.raises(ValueError, match="no image tensor"):
+        EQReg(_unet(), layers=convs_divisible_by("C4")).prepare_batch({"ct": torch.zeros(1, 8, 8)})
+
+
+def test_trainer_without_paired_batch_fails_loudly() -> None:
+    net = _unet()
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"))
+    trainer = _trainer(net, None, handlers=[eqreg])
+    with pytest.raises(RuntimeError, match="no paired batch"):
+        trainer.run()
+    assert not eqreg.hooks_registered  # removed on EXCEPTION_RAISED, and the error still propagated
+
+
+def test_hooks_are_registered_again_on_a_second_run() -> None:
+    net = _unet()
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=1e-3)
+    trainer = _trainer(net, eqreg)
+    trainer.run()
+    assert not eqreg.hooks_registered
+    trainer.state.max_epochs = 2
+    trainer.run()
+    assert trainer.state.iteration == 8 and "eq_reg" in trainer.state.output[0]
+
+
+def test_draw_state_resumes_the_same_element_sequence() -> None:
+    eqreg = EQReg(_unet(), layers=convs_divisible_by("C4"), seed=11)
+    [eqreg.draw_element() for _ in range(5)]
+    state = eqreg.state_dict()
+    expected = [eqreg.draw_element() for _ in range(6)]
+    other = EQReg(_unet(), layers=convs_divisible_by("C4"), seed=0)
+    other.load_state_dict(state)
+    assert [other.draw_element() for _ in range(6)] == expected
+
+
+def test_plain_loop_with_bfloat16_autocast() -> None:
+    net = _unet()
+    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=1e-3)
+    batch = _denoising_data(2)
+    image = torch.stack([b["image"] for b in batch])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        paired = eqreg.pair(image, n=1)
+        pred = net(paired)
+    term = eqreg.pop_term()
+    assert term.dtype == torch.float32 and torch.isfinite(term) and term > 0
+    (pred.float().mean() + eqreg.weight * term).backward()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_wrapped_network_is_hooked_on_the_inner_module() -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        net = _unet()
+        ddp = nn.parallel.DistributedDataParallel(net)
+        eqreg = EQReg(ddp, layers=["module.conv_0.conv_0.conv", "down_1.convs.conv_0.conv"], weight=1e-2, elements=[1])
+        assert set(eqreg.layers) == {"conv_0.conv_0.conv", "down_1.convs.conv_0.conv"}
+        trainer = _trainer(ddp, eqreg)
+        trainer.run()
+        assert trainer.state.output[0]["eq_reg"] > 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_layers_by_predicate_and_regex() -> None:
+    net = _unet()
+    by_regex = EQReg(net, layers=[r"down_\d\.convs\.conv_0\.conv"])
+    assert list(by_regex.layers) == [f"down_{i}.convs.conv_0.conv" for i in range(1, 5)]
+    by_pred = EQReg(net, layers=lambda name, m: isinstance(m, nn.Conv2d) and name.startswith("upcat"))
+    assert len(by_pred.layers) == 8 and get_group("C4").order == 4

@@ -1,0 +1,77 @@
+"""The residual against a direct computation of the published formula, reductions, gradients, AMP."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from eqmar.equivariance import equivariance_residual
+
+
+def _published_residual(z0: torch.Tensor, z1: torch.Tensor, n: int) -> torch.Tensor:
+    """Independent transcription of the published C4 term with explicit loops over channel groups."""
+    rotated = torch.rot90(z0, n, dims=(2, 3))
+    shifted = torch.empty_like(z1)
+    for block in range(z1.shape[1] // 4):
+        for k in range(4):
+            shifted[:, 4 * block + k] = z1[:, 4 * block + (k + n) % 4]
+    return torch.sqrt(((rotated - shifted) ** 2).sum())
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_residual_equals_direct_formula_on_random_tensors(n: int) -> None:
+    torch.manual_seed(n)
+    z0, z1 = torch.randn(3, 12, 10, 10), torch.randn(3, 12, 10, 10)
+    assert torch.allclose(equivariance_residual(z0, z1, n), _published_residual(z0, z1, n), rtol=1e-5)
+
+
+def test_mean_reduction_is_rms_and_lambda_conversion_holds() -> None:
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)
+    norm = equivariance_residual(z0, z1, 1, reduction="norm")
+    mean = equivariance_residual(z0, z1, 1, reduction="mean")
+    count = z0.numel()
+    assert torch.allclose(mean, norm / math.sqrt(count))
+    lam_norm = 1e-8
+    assert math.isclose(lam_norm * float(norm), lam_norm * math.sqrt(count) * float(mean), rel_tol=1e-6)
+
+
+def test_mean_reduction_is_size_independent() -> None:
+    torch.manual_seed(0)
+    small = equivariance_residual(torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8), 1, reduction="mean")
+    large = equivariance_residual(torch.randn(8, 32, 32, 32), torch.randn(8, 32, 32, 32), 1, reduction="mean")
+    assert abs(float(small) - float(large)) < 0.15 * float(large)
+
+
+def test_c8_residual_ignores_corners() -> None:
+    z = torch.zeros(1, 8, 16, 16)
+    corrupted = z.clone()
+    corrupted[..., 0, 0] = 100.0  # outside the inscribed disc
+    assert equivariance_residual(z, corrupted, 1, group="C8") == 0
+
+
+def test_identity_element_gives_zero_and_finite_gradient() -> None:
+    z = torch.randn(2, 4, 8, 8)
+    z0 = z.clone().requires_grad_(True)
+    z1 = z.clone().requires_grad_(True)
+    residual = equivariance_residual(z0, z1, 0)
+    residual.backward()
+    assert residual == 0
+    assert torch.isfinite(z0.grad).all() and torch.isfinite(z1.grad).all()
+    assert z0.grad.abs().sum() == 0
+
+
+def test_residual_is_float32_for_half_inputs() -> None:
+    z0, z1 = torch.randn(1, 4, 8, 8).to(torch.bfloat16), torch.randn(1, 4, 8, 8).to(torch.bfloat16)
+    assert equivariance_residual(z0, z1, 1).dtype == torch.float32
+
+
+def test_shape_mismatch_and_bad_reduction() -> None:
+    with pytest.raises(ValueError, match="same shape"):
+        equivariance_residual(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 6), 1)
+    with pytest.raises(ValueError, match="reduction"):
+        equivariance_residual(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 8), 1, reduction="sum")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="square"):
+        equivariance_residual(torch.zeros(1, 4, 8, 6), torch.zeros(1, 4, 8, 6), 1)
