@@ -16,7 +16,7 @@ from eqmar.equivariance.functional import equivariance_difference, equivariance_
 from eqmar.equivariance.gconv import GroupConv2d, GroupLiftingConv2d, GroupPool
 from eqmar.equivariance.groups import C2, C4, C8, D4, GROUPS, RotationGroup, get_group
 from eqmar.equivariance.layers import convs_divisible_by, select_layers, unwrap_network
-from eqmar.equivariance.pairing import pair_batch
+from eqmar.equivariance.pairing import RotationPairing, pair_batch
 
 __all__ = [
     "EQReg",
@@ -39,4 +39,5 @@ __all__ = [
     "select_layers",
     "unwrap_network",
     "pair_batch",
+    "RotationPairing",
 ]

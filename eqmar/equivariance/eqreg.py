@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from eqmar.equivariance.functional import Reduction, equivariance_residual
-from eqmar.equivariance.groups import RotationGroup, get_group
+from eqmar.equivariance.groups import RotationGroup
 from eqmar.equivariance.layers import LayerSpec, check_channel_divisibility, select_layers, unwrap_network
-from eqmar.equivariance.pairing import infer_batch_size, pair_batch
+from eqmar.equivariance.pairing import RotationPairing, infer_batch_size
 
 __all__ = ["EQReg"]
 
@@ -44,7 +44,7 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-class EQReg:
+class EQReg(RotationPairing):
     """Soft equivariance regulariser attached to selected layers of an unmodified network.
 
     Args:
@@ -87,24 +87,13 @@ class EQReg:
             raise ValueError(f"EQReg: reduction must be 'norm' or 'mean', got {reduction!r}.")
         if weight < 0:
             raise ValueError(f"EQReg: weight must be non-negative, got {weight}.")
-        self.group = get_group(group)
+        super().__init__(group, image_keys, prepare_batch, elements, seed, interp_modes)
         self.network = unwrap_network(network)
         self.layers = select_layers(self.network, layers)
         check_channel_divisibility(self.layers, self.group)
         self.weight = float(weight)
         self.reduction: Reduction = reduction
-        self.image_keys = list(image_keys) if image_keys is not None else None
-        self.interp_modes = dict(interp_modes or {})
         self.output_key = output_key
-        self.elements = [self.group.check_element(n) for n in (elements if elements is not None else self.group.elements())]
-        if not self.elements:
-            raise ValueError("EQReg: `elements` is empty.")
-        if prepare_batch is None:
-            from monai.engines.utils import default_prepare_batch
-
-            prepare_batch = default_prepare_batch
-        self._inner_prepare_batch = prepare_batch
-        self._generator = torch.Generator().manual_seed(int(seed))
         self._element: int | None = None
         self._half: int | None = None
         self._residuals: list[torch.Tensor] = []
@@ -154,11 +143,6 @@ class EQReg:
         return hook
 
     # ------------------------------------------------------------ batch side
-    def draw_element(self) -> int:
-        """Draw the group element of the next step (reproducible from ``seed``, identical across ranks)."""
-        index = int(torch.randint(len(self.elements), (1,), generator=self._generator))
-        return self.elements[index]
-
     def pair(self, batch: Any, n: int | None = None) -> Any:
         """Return the paired batch ``[x ; g · x]`` and arm the hooks for the next forward pass.
 
@@ -168,14 +152,10 @@ class EQReg:
         """
         n = self.draw_element() if n is None else self.group.check_element(n)
         half = infer_batch_size(batch, self.image_keys)
-        paired = pair_batch(batch, self.group, n, self.image_keys, self.interp_modes)
+        paired = super().pair(batch, n)
         self._element, self._half = n, half
         self._residuals = []
         return paired
-
-    def prepare_batch(self, batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
-        """``prepare_batch`` for ``SupervisedTrainer``: pair the batch, then apply the inner ``prepare_batch``."""
-        return self._inner_prepare_batch(self.pair(batchdata), device, non_blocking, **kwargs)
 
     def _disarm(self) -> None:
         self._element = None
@@ -243,11 +223,11 @@ class EQReg:
 
     # ----------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Draw-generator state, so a resumed run continues the same element sequence."""
-        return {"generator": self._generator.get_state(), "weight": self.weight}
+        """Draw-generator state and weight, so a resumed run continues the same element sequence."""
+        return {**super().state_dict(), "weight": self.weight}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self.weight = float(state.get("weight", self.weight))
 
     def __enter__(self) -> EQReg:

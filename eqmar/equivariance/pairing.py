@@ -8,14 +8,14 @@ so the batch stays consistent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from eqmar.equivariance.groups import RotationGroup, get_group
 
-__all__ = ["pair_batch", "infer_batch_size", "is_image_tensor"]
+__all__ = ["pair_batch", "infer_batch_size", "is_image_tensor", "RotationPairing"]
 
 
 def is_image_tensor(value: Any) -> bool:
@@ -125,3 +125,67 @@ def pair_batch(
         _pair_image(v, grp, n, "bilinear") if is_image_tensor(v) else _repeat(v, batch_size) for v in batch
     ]
     return type(batch)(paired) if isinstance(batch, tuple) else paired
+
+
+class RotationPairing:
+    """A ``prepare_batch`` that draws one group element per step and returns the paired batch.
+
+    On its own it is rot90 augmentation in the EQ-Reg layout (the "augmentation only" arm of a fair
+    comparison: same batches, same compute, no regulariser); :class:`~eqmar.equivariance.EQReg`
+    adds the regulariser on top.
+
+    Args:
+        group: group name or instance.
+        image_keys: dict-batch keys to transform (default: every (B, C, H, W) tensor).
+        prepare_batch: the trainer's usual ``prepare_batch``, applied to the paired batch
+            (default MONAI's ``default_prepare_batch``).
+        elements: group elements to draw from (default: all, identity included).
+        seed: seed of the draws; use the same seed on every distributed rank.
+        interp_modes: per-key interpolation mode for interpolating groups (C8).
+    """
+
+    def __init__(
+        self,
+        group: str | RotationGroup = "C4",
+        image_keys: Sequence[str] | None = None,
+        prepare_batch: Callable | None = None,
+        elements: Sequence[int] | None = None,
+        seed: int = 0,
+        interp_modes: Mapping[str, str] | None = None,
+    ) -> None:
+        self.group = get_group(group)
+        self.image_keys = list(image_keys) if image_keys is not None else None
+        self.interp_modes = dict(interp_modes or {})
+        chosen = elements if elements is not None else self.group.elements()
+        self.elements = [self.group.check_element(n) for n in chosen]
+        if not self.elements:
+            raise ValueError("RotationPairing: `elements` is empty.")
+        if prepare_batch is None:
+            from monai.engines.utils import default_prepare_batch
+
+            prepare_batch = default_prepare_batch
+        self._inner_prepare_batch = prepare_batch
+        self._generator = torch.Generator().manual_seed(int(seed))
+
+    def draw_element(self) -> int:
+        """Draw the group element of the next step (reproducible from ``seed``, identical across ranks)."""
+        index = int(torch.randint(len(self.elements), (1,), generator=self._generator))
+        return self.elements[index]
+
+    def pair(self, batch: Any, n: int | None = None) -> Any:
+        """Return ``[x ; g · x]`` for the batch; ``n`` is drawn when None."""
+        n = self.draw_element() if n is None else self.group.check_element(n)
+        return pair_batch(batch, self.group, n, self.image_keys, self.interp_modes)
+
+    def prepare_batch(self, batchdata: Any, device: Any = None, non_blocking: bool = False, **kwargs: Any) -> Any:
+        """``prepare_batch`` for ``SupervisedTrainer``: pair the batch, then apply the inner ``prepare_batch``."""
+        return self._inner_prepare_batch(self.pair(batchdata), device, non_blocking, **kwargs)
+
+    __call__ = prepare_batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Draw-generator state, so a resumed run continues the same element sequence."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
