@@ -1,0 +1,71 @@
+"""The shared trainer: arms, logging of the EQ-Reg term, checkpoint and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.data import DataLoader
+from monai.networks.nets import BasicUNet
+from torch import nn
+
+from eqmar.engines import EQRegSettings, build_arm, build_trainer, latest_checkpoint
+from eqmar.equivariance import convs_divisible_by
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+    data = [{"image": torch.rand(1, 32, 32), "label": torch.rand(1, 32, 32)} for _ in range(8)]
+    return net, DataLoader(data, batch_size=2), torch.optim.Adam(net.parameters(), 1e-3)
+
+
+SETTINGS = EQRegSettings(weight=1e-3, layers=convs_divisible_by("C4"), elements=[1, 2, 3])
+
+
+@pytest.mark.parametrize(("arm", "batch", "has_term"), [("plain", 2, False), ("aug", 4, False), ("eqreg", 4, True)])
+def test_arms_batch_size_and_term(arm: str, batch: int, has_term: bool) -> None:
+    net, loader, opt = _setup()
+    sizes = []
+    net.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[0]))
+    trainer = build_trainer(net, loader, opt, nn.MSELoss(), max_epochs=1, arm=arm, settings=SETTINGS, progress=False)
+    trainer.run()
+    assert set(sizes) == {batch}
+    assert ("eq_reg" in trainer.state.output[0]) is has_term
+
+
+def test_unknown_arm() -> None:
+    net, _, _ = _setup()
+    with pytest.raises(ValueError, match="Unknown arm 'rot'"):
+        build_arm("rot", net)
+
+
+def test_interrupted_run_resumes_at_the_right_iteration(tmp_path) -> None:
+    net, loader, opt = _setup()
+    trainer = build_trainer(
+        net, loader, opt, nn.MSELoss(), max_epochs=3, settings=SETTINGS, output_dir=tmp_path,
+        checkpoint_interval=3, progress=False,
+    )
+
+    @trainer.on(Events.ITERATION_COMPLETED(once=7))
+    def _crash(engine) -> None:
+        raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    # A SIGKILL leaves no final checkpoint: drop it to resume from the last interval one (iteration 6).
+    for final in (tmp_path / "checkpoints").glob("*final*"):
+        final.unlink()
+    assert "iteration=6" in latest_checkpoint(tmp_path / "checkpoints").name
+
+    net2, loader2, opt2 = _setup(seed=1)
+    steps = []
+    resumed = build_trainer(
+        net2, loader2, opt2, nn.MSELoss(), max_epochs=3, settings=SETTINGS, output_dir=tmp_path,
+        checkpoint_interval=3, resume=True, progress=False,
+    )
+    resumed.add_event_handler(Events.ITERATION_COMPLETED, lambda e: steps.append(e.state.iteration))
+    resumed.run()
+    assert steps[0] == 7 and resumed.state.iteration == 12 and len(steps) == 6
+    assert (tmp_path / "checkpoints" / "checkpoint_final.pt").exists()
+    assert list((tmp_path / "tensorboard").glob("events.*"))
