@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Synthesize metal-artifact CT data in the SynDeepLesion layout (the published protocol, open).
+
+Inputs (pick one; with none, a small demo set is made from built-in phantoms and pydicom's
+CT_small.dcm):
+
+  --deeplesion DIR     DeepLesion Images_png tree (16-bit PNG, HU = value - 32768)
+  --scans DIR          your own DICOM files/series folders and NIfTI volumes; slices are picked by
+                       eqmar.data.slices.load_ct_slices (see its documentation for the rule)
+
+Masks: --masks FILE loads SampleMasks.mat (CT_samples_bwMetal) or trainmask.npy/testmask.npy;
+--masks generate (default) makes a realistic seeded 100-mask set. A 100-mask set is split as
+published (test masks 0, 1, 19, 29, 35, 42, 62, 63, 97, 99; the other 90 train).
+
+The run is resumable (re-run the same command after an interruption), every file is written to a
+temporary name and renamed, bad inputs are listed in synthesis_report_<split>.json and skipped,
+and --shard i/n splits the images into n disjoint deterministic shares for a job scheduler.
+
+Examples:
+  python data_tools/synthesize_mar.py --out data/demo --image-size 128 --views 160
+  python data_tools/synthesize_mar.py --deeplesion /data/DeepLesion --image-list train.txt \\
+      --masks SampleMasks.mat --out /data/SynDeepLesion --split train --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_indices(text: str | None) -> list[int] | None:
+    """Parse "0-79" / "0,3,5-7" into a list of ints (None stays None)."""
+    if text is None:
+        return None
+    indices: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            indices.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            indices.append(int(part))
+    return indices
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from error
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthesize_mar.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--deeplesion", type=Path, help="DeepLesion root or Images_png folder")
+    source.add_argument("--scans", type=Path, help="folder of DICOM files/series and NIfTI volumes")
+    parser.add_argument("--image-list", type=Path, help="DeepLesion slices to use, one per line")
+    parser.add_argument("--demo-count", type=int, default=8, help="images per split for the built-in demo set")
+    parser.add_argument("--masks", default="generate", help="mask file (.mat/.npy) or 'generate' (default)")
+    parser.add_argument("--mask-indices", help="masks of the split to use, e.g. 0-79 (default: all)")
+    parser.add_argument("--out", type=Path, required=True, help="output data root")
+    parser.add_argument("--split", choices=["train", "test", "both"], default="both")
+    parser.add_argument("--preset", default="640geo", choices=["640geo", "adn", "dudonet"], help="scanner geometry")
+    parser.add_argument("--image-size", type=int, help="reduce the preset to this image size (e.g. 128)")
+    parser.add_argument("--views", type=int, help="number of views of the reduced geometry")
+    parser.add_argument("--tag", help="geometry tag in folder names (default: preset, or preset_<N>px<V>v)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="projector device")
+    parser.add_argument("--metal", default="Ti", help="implant metal (Ti, Fe, ...)")
+    parser.add_argument("--limit", type=int, help="only the first K images (per split and shard)")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="process share i of n (i/n)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (noise, generated masks, phantoms)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def load_mask_set(spec: str, seed: int) -> np.ndarray:
+    from eqmar.ct.masks import generate_mask_set, load_masks
+
+    if spec == "generate":
+        return generate_mask_set(seed=seed)
+    return load_masks(spec)
+
+
+def sources_for(args: argparse.Namespace, split: str) -> list:
+    from eqmar.data.synthesis import deeplesion_sources, demo_sources, volume_sources
+
+    if args.deeplesion is not None:
+        return deeplesion_sources(args.deeplesion, args.image_list)
+    if args.scans is not None:
+        return volume_sources(args.scans)
+    return demo_sources(args.demo_count, args.seed, split)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.image_list is not None and args.deeplesion is None:
+        print("error: --image-list needs --deeplesion", file=sys.stderr)
+        return 2
+    from eqmar.data.synthesis import SynthesisConfig, select_split_masks, synthesize_dataset
+
+    config = SynthesisConfig(
+        geometry=args.preset, image_size=args.image_size, num_views=args.views, tag=args.tag,
+        device=args.device, metal=args.metal, seed=args.seed,
+    )
+    try:
+        masks = load_mask_set(args.masks, args.seed)
+    except (OSError, ValueError, KeyError) as error:
+        print(f"error: cannot load masks from {args.masks}: {error}", file=sys.stderr)
+        return 2
+    splits = ["train", "test"] if args.split == "both" else [args.split]
+    failed = 0
+    for split in splits:
+        try:
+            sources = sources_for(args, split)
+        except (OSError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        report = synthesize_dataset(
+            sources, select_split_masks(masks, split), args.out, split, config,
+            mask_indices=parse_indices(args.mask_indices), workers=args.workers, limit=args.limit,
+            shard=args.shard, progress=not args.no_progress,
+        )
+        failed += len(report.failures)
+        print(
+            f"{split}: {report.images_complete}/{report.images_total} images complete, "
+            f"{report.files_written} files written, {report.files_kept} kept, {len(report.failures)} failed, "
+            f"{report.seconds:.1f} s -> {args.out}"
+        )
+        for failure in report.failures:
+            print(f"  skipped {failure['image_id']} ({failure['source']}): {failure['error']}")
+    return 1 if failed and args.deeplesion is None and args.scans is None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""The MAR experiment: data, three training arms, the official metric, a table, JSON and figures.
+
+``recipes/mar_deeplesion.py`` is a command-line front end to :func:`run_mar_experiment`. With no
+data root it synthesizes (or reuses) a small demo set and uses a small, fast configuration
+(:meth:`MARExperimentConfig.demo`); with a SynDeepLesion root it defaults to the published
+protocol (:meth:`MARExperimentConfig.published`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmar.apps.mar.evaluation import evaluate_mar, input_predictor, network_predictor
+from eqmar.apps.mar.figures import plot_mar_examples
+from eqmar.apps.mar.transforms import MARInputsd
+from eqmar.engines import ARMS, EQRegSettings, TaskSpec, run_arms
+
+__all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "ensure_demo_data", "BACKBONES"]
+
+logger = logging.getLogger("eqmar.mar")
+
+BACKBONES = ("dicdnet", "acdnet", "oscnet", "unet")
+
+
+@dataclass
+class MARExperimentConfig:
+    """Settings of a MAR experiment (defaults: the published DICDNet protocol).
+
+    Attributes mirror the recipe's command-line flags; see ``recipes/mar_deeplesion.py --help``.
+    """
+
+    data: Path | None = None
+    geometry_tag: str = "640geo"
+    output_dir: Path = Path("runs/mar_deeplesion")
+    arms: tuple[str, ...] = ARMS
+    backbone: str = "dicdnet"
+    num_stages: int = 10
+    features: int = 36
+    num_filters: int = 32
+    num_res_blocks: int = 3
+    epochs: int = 200
+    iters_per_epoch: int = 800
+    batch_size: int = 16
+    patch_size: int = 64
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    milestones: tuple[int, ...] = (30, 60, 90, 120, 150, 180)
+    gamma: float = 0.5
+    group: str = "C4"
+    weight: float = 1e-8
+    reduction: str = "norm"
+    regularised: tuple[str, ...] = ("x_net", "m_net")
+    train_masks: tuple[int, ...] = tuple(range(80))
+    val_masks: tuple[int, ...] = tuple(range(80, 90))
+    val_images: int = 4
+    test_images: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    workers: int = 0
+    checkpoint_interval: int = 500
+    progress: bool = True
+    demo: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def published(cls, data: Path, **overrides: Any) -> MARExperimentConfig:
+        """The published DICDNet/EQ-Reg protocol on a SynDeepLesion root."""
+        return replace(cls(data=Path(data)), **overrides)
+
+    @classmethod
+    def demo_default(cls, **overrides: Any) -> MARExperimentConfig:
+        """A small configuration that trains all three arms on the built-in demo set on a laptop CPU."""
+        base = cls(
+            data=None,
+            num_stages=3,
+            features=16,
+            num_filters=16,
+            num_res_blocks=2,
+            epochs=6,
+            iters_per_epoch=25,
+            batch_size=4,
+            patch_size=64,
+            lr=1e-3,
+            betas=(0.5, 0.999),
+            milestones=(4,),
+            train_masks=tuple(range(12)),
+            val_masks=(),
+            val_images=0,
+            checkpoint_interval=0,
+            demo={"cache": ".cache/eqmar/mar_demo", "image_size": 128, "views": 160, "train_images": 8,
+                  "test_images": 4, "seed": 0},
+        )
+        return replace(base, **overrides)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_network(cfg: MARExperimentConfig) -> nn.Module:
+    """The backbone named by ``cfg.backbone`` with the configured width and depth."""
+    from eqmar import networks
+
+    order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.group]
+    if cfg.backbone == "unet":
+        width = cfg.features
+        return networks.mar_baseline_unet(features=(width, width, 2 * width, 4 * width, 8 * width, width))
+    classes = {"dicdnet": networks.DICDNet, "acdnet": networks.ACDNet, "oscnet": networks.OSCNet}
+    if cfg.backbone not in classes:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {BACKBONES}")
+    kwargs: dict[str, Any] = {
+        "num_stages": cfg.num_stages, "features": cfg.features, "num_res_blocks": cfg.num_res_blocks, "group_order": order,
+    }
+    if cfg.backbone != "oscnet":  # OSCNet's filters are base filters per orientation (4 published)
+        kwargs["num_filters"] = cfg.num_filters
+    return classes[cfg.backbone](**kwargs)
+
+
+def regularised_layers(cfg: MARExperimentConfig, network: nn.Module) -> list[str] | Any:
+    """EQ-Reg layers: the proximal-net convs of unrolled backbones, every fitting conv of the UNet."""
+    from eqmar.equivariance import convs_divisible_by
+    from eqmar.networks import proximal_conv_names
+
+    if cfg.backbone == "unet":
+        return convs_divisible_by(cfg.group)
+    return proximal_conv_names(network, which=cfg.regularised)
+
+
+def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
+    """Synthesize the demo set if its files are not all there yet; return (root, geometry tag)."""
+    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
+
+    demo = cfg.demo
+    root = Path(demo["cache"])
+    synth = SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
+    masks = generate_mask_set(seed=demo["seed"])
+    for split, count in (("train", demo["train_images"]), ("test", demo["test_images"])):
+        split_masks = select_split_masks(masks, split)
+        indices = sorted(set(cfg.train_masks) | set(cfg.val_masks)) if split == "train" else range(split_masks.shape[-1])
+        report = synthesize_dataset(
+            demo_sources(count, demo["seed"], split), split_masks, root, split, synth,
+            mask_indices=indices, progress=cfg.progress,
+        )
+        if report.failures:
+            raise RuntimeError(f"demo synthesis failed for {report.failures}")
+    return root, synth.resolve_tag()
+
+
+def _train_transform(patch: int) -> Any:
+    from monai.transforms import Compose, RandSpatialCropd, SelectItemsd
+
+    return Compose([
+        MARInputsd(),
+        SelectItemsd(keys=["image", "label"]),
+        RandSpatialCropd(keys=["image", "label"], roi_size=(patch, patch), random_size=False),
+    ])
+
+
+def _loaders(cfg: MARExperimentConfig, root: Path, tag: str) -> dict[str, Any]:
+    from monai.data import DataLoader
+    from torch.utils.data import RandomSampler, Subset
+
+    from eqmar.data.datasets import SynDeepLesionTestDataset, SynDeepLesionTrainDataset
+
+    train = SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks, geometry=tag, transform=_train_transform(cfg.patch_size))
+    sampler = RandomSampler(train, replacement=True, num_samples=cfg.batch_size * cfg.iters_per_epoch)
+    loaders = {"train": DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)}
+    test = SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd())
+    if cfg.test_images is not None:
+        test = Subset(test, range(min(len(test), cfg.test_images * len(test.mask_indices))))
+    loaders["test"] = DataLoader(test, batch_size=4, num_workers=cfg.workers)
+    loaders["probe"] = [next(iter(DataLoader(Subset(test, range(min(4, len(test)))), batch_size=4)))]
+    if cfg.val_masks and cfg.val_images:
+        val = SynDeepLesionTrainDataset(root, mask_indices=cfg.val_masks, geometry=tag, transform=MARInputsd())
+        val = Subset(val, range(min(len(val), cfg.val_images * len(cfg.val_masks))))
+        loaders["val"] = DataLoader(val, batch_size=4, num_workers=cfg.workers)
+    return loaders
+
+
+def _validation_evaluator(loader: Any, device: torch.device) -> Any:
+    from monai.engines import SupervisedEvaluator
+
+    from eqmar.metrics import MARPSNR
+
+    def pred_and_gt(output: Any) -> tuple[list, list]:
+        return [o["pred"] for o in output], [o["label"][:1] for o in output]
+
+    def make(network: nn.Module) -> Any:
+        return SupervisedEvaluator(
+            device=device, val_data_loader=loader, network=network,
+            key_val_metric={"val_mar_psnr": MARPSNR(output_transform=pred_and_gt, batch_transform=lambda b: b["mask"])},
+        )
+
+    return make
+
+
+def _example_rows(dataset: Any, networks: dict[str, nn.Module], device: torch.device, count: int = 2) -> tuple[list, list]:
+    """Figure rows for ``count`` test samples spread over the data set (different images and masks)."""
+    from monai.data import list_data_collate
+
+    from eqmar.metrics import batch_mar_scores
+
+    step = max(len(dataset) // count, 1) + 1
+    batch = list_data_collate([dataset[j % len(dataset)] for j in range(0, step * count, step)])
+    rows, captions = [], []
+    for i in range(batch["gt"].shape[0]):
+        row = {"metal-affected": batch["ma_CT"][i], "LI": batch["LI_CT"][i]}
+        with torch.no_grad():
+            for name, net in networks.items():
+                out = net.eval()(batch["image"][i : i + 1].to(device))
+                row[name] = (out if isinstance(out, torch.Tensor) else out[0])[0].cpu()
+        row["ground truth"] = batch["gt"][i]
+        caption = {}
+        for name, image in row.items():
+            if name != "ground truth":
+                p, s = batch_mar_scores(image[None].float(), batch["gt"][i : i + 1].float(), batch["mask"][i : i + 1].float())
+                caption[name] = f"{float(p):.2f} dB / {float(s):.4f}"
+        rows.append(row)
+        captions.append(caption)
+    return rows, captions
+
+
+def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
+    """Run every configured arm, score LI and the arms on the test set, and write the results.
+
+    Writes ``results.json``, ``results.md`` (the table), ``examples.png`` and ``equivariance.png``
+    into ``cfg.output_dir``, and per-arm checkpoints, TensorBoard logs and ``model.pt`` below it.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    from eqmar.equivariance import plot_equivariance_report
+    from eqmar.losses import MARLoss
+    from eqmar.metrics import format_mar_table
+
+    device = _device(cfg.device)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
+    loaders = _loaders(cfg, root, tag)
+
+    def make_optimizer(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, betas=cfg.betas)
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+
+    def evaluate(network: nn.Module) -> dict[str, Any]:
+        return {"mar": evaluate_mar(loaders["test"], network_predictor(network, device))}
+
+    probe_net = build_network(cfg)
+    settings = EQRegSettings(
+        weight=cfg.weight, group=cfg.group, layers=regularised_layers(cfg, probe_net), reduction=cfg.reduction  # type: ignore[arg-type]
+    )
+    task = TaskSpec(
+        make_network=lambda: build_network(cfg),
+        make_optimizer=make_optimizer,
+        loss_function=MARLoss(),
+        train_loader=loaders["train"],
+        evaluate=evaluate,
+        max_epochs=cfg.epochs,
+        image_keys=("image", "label"),
+        probe_loader=loaders["probe"],
+        make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
+    )
+    results = run_arms(
+        task, cfg.arms, settings, seed=cfg.seed, device=device, output_dir=out, resume=cfg.resume,
+        checkpoint_interval=cfg.checkpoint_interval, progress=cfg.progress,
+    )
+    baselines = {
+        "metal-affected": evaluate_mar(loaders["test"], input_predictor("ma_CT")),
+        "LI": evaluate_mar(loaders["test"], input_predictor("LI_CT")),
+    }
+    table = format_mar_table({**baselines, **{arm: r.metrics["mar"] for arm, r in results.items()}})
+    reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
+    if reports:
+        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
+    rows, captions = _example_rows(loaders["test"].dataset, {arm: r.network for arm, r in results.items()}, device)
+    plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
+    payload = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "data_root": str(root),
+        "geometry_tag": tag,
+        "device": str(device),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "baselines": {name: s.as_dict() for name, s in baselines.items()},
+        "arms": {
+            arm: {
+                "metrics": r.metrics["mar"].as_dict(),
+                "train_seconds": round(r.train_seconds, 2),
+                "iterations": r.iterations,
+                "final_loss": r.final_loss,
+                "equivariance": r.equivariance.to_dict() if r.equivariance is not None else None,
+                "weights": str(r.weights) if r.weights else None,
+            }
+            for arm, r in results.items()
+        },
+        "table": table,
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    (out / "results.md").write_text(table + "\n")
+    return payload

@@ -1,0 +1,141 @@
+"""Turn CT files of any supported kind into a list of 2-D HU slices for the MAR simulator.
+
+Rule for volumes (DICOM series, 3-D NIfTI): the body area of an axial slice is its number of
+pixels above ``body_threshold_hu`` (−500 HU: soft tissue and bone, not air or lung). Slices whose
+body area is at least ``min_body_fraction`` of the volume's largest body area are candidates
+(this drops the ends of the scan, where the body is cut tangentially or absent); from them at most
+``max_slices`` are taken, evenly spaced in slice order, first and last candidates included.
+
+Slices are returned at native size in display orientation (rows anterior→posterior, columns
+patient right→left, as DICOM and DeepLesion store them); they must be square. Resizing to the
+simulation grid is the simulator's job.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_ct_slices", "select_axial_slices"]
+
+BODY_THRESHOLD_HU = -500.0
+
+
+def select_axial_slices(
+    volume: np.ndarray,
+    min_body_fraction: float = 0.5,
+    max_slices: int = 8,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
+) -> list[int]:
+    """Indices of the axial slices (last axis) to use from an HU volume (H, W, D); see module doc.
+
+    Args:
+        volume: HU volume, slices along the last axis.
+        min_body_fraction: keep slices with body area >= this fraction of the largest one.
+        max_slices: at most this many indices, evenly spaced over the candidates.
+        body_threshold_hu: HU above which a pixel counts as body.
+
+    Returns:
+        Sorted slice indices (empty when no slice contains body).
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be (H, W, D), got shape {volume.shape}.")
+    if not 0.0 <= min_body_fraction <= 1.0 or max_slices < 1:
+        raise ValueError(
+            f"need 0 <= min_body_fraction <= 1 and max_slices >= 1, got {min_body_fraction}, {max_slices}."
+        )
+    area = np.count_nonzero(volume > body_threshold_hu, axis=(0, 1))
+    if area.max(initial=0) == 0:
+        return []
+    candidates = np.flatnonzero(area >= min_body_fraction * area.max())
+    if len(candidates) <= max_slices:
+        return candidates.tolist()
+    picks = np.round(np.linspace(0, len(candidates) - 1, max_slices)).astype(int)
+    return candidates[np.unique(picks)].tolist()
+
+
+def _check_square(slice2d: np.ndarray, source: str) -> np.ndarray:
+    if slice2d.ndim != 2 or slice2d.shape[0] != slice2d.shape[1]:
+        raise ValueError(f"{source}: slices must be square 2-D images, got shape {slice2d.shape}.")
+    return np.ascontiguousarray(slice2d, dtype=np.float32)
+
+
+def _kind_of(path: Path) -> str:
+    from pydicom.misc import is_dicom
+
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom"
+    if name.endswith(".png"):
+        return "png"
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith((".dcm", ".dicom")) or is_dicom(path):
+        return "dicom"
+    raise ValueError(f"{path}: unsupported file type; expected a DeepLesion .png, DICOM file/folder or NIfTI.")
+
+
+def _volume_slices(volume: np.ndarray, source: str, **selection) -> list[tuple[np.ndarray, str]]:
+    if volume.ndim == 2 or volume.shape[-1] == 1:
+        return [(_check_square(volume.reshape(volume.shape[:2]), source), source)]
+    picks = select_axial_slices(volume, **selection)
+    return [(_check_square(volume[:, :, k], source), f"{source}#slice={k}") for k in picks]
+
+
+def load_ct_slices(
+    path: str | os.PathLike,
+    min_body_fraction: float = 0.5,
+    max_slices: int = 8,
+    body_threshold_hu: float = BODY_THRESHOLD_HU,
+) -> list[tuple[np.ndarray, str]]:
+    """Load 2-D HU slices from a DeepLesion PNG, a DICOM file, a DICOM series folder or a NIfTI volume.
+
+    Args:
+        path: the file or series folder.
+        min_body_fraction: slice-selection rule for volumes (see module docstring).
+        max_slices: at most this many slices per volume.
+        body_threshold_hu: HU threshold of the body-area measure.
+
+    Returns:
+        List of ``(hu, source_id)``: ``hu`` float32 (H, H) in HU at native size; ``source_id``
+        is the path, plus ``#slice=<k>`` (index in the sorted volume) for slices of volumes.
+
+    Raises:
+        FileNotFoundError: missing path.
+        ValueError: unsupported or invalid input (non-square, non-CT, corrupt, non-finite ...).
+    """
+    from eqmar.data.readers import CTDicomReader, CTNiftiReader, DeepLesionPNGReader
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"CT input not found: {p}")
+    source = str(p)
+    selection = {
+        "min_body_fraction": min_body_fraction,
+        "max_slices": max_slices,
+        "body_threshold_hu": body_threshold_hu,
+    }
+    kind = _kind_of(p)
+    if kind == "png":
+        reader = DeepLesionPNGReader(reverse_indexing=False)
+        hu, _ = reader.get_data(reader.read(p))
+        return [(_check_square(hu, source), source)]
+    if kind == "dicom":
+        # swap_ij=False keeps DICOM's (row, column) order, i.e. display orientation.
+        reader = CTDicomReader(swap_ij=False)
+        hu, _ = reader.get_data(reader.read(p))
+        if p.is_file() and hu.ndim == 3:
+            hu = np.moveaxis(hu, 0, -1)  # a multi-frame file stores frames first
+        return _volume_slices(hu, source, **selection)
+    reader = CTNiftiReader(as_closest_canonical=True)
+    data, _ = reader.get_data(reader.read(p))
+    if data.ndim not in (2, 3):
+        raise ValueError(f"{source}: expected a 2-D or 3-D NIfTI image, got shape {data.shape}.")
+    if data.ndim == 2:
+        data = data[:, :, None]
+    # Canonical RAS voxel axes (x→left-to-right, y→posterior-to-anterior): flip both and transpose
+    # to get DICOM display order (rows anterior→posterior, columns patient right→left).
+    display = np.flip(data, axis=(0, 1)).transpose(1, 0, 2)
+    return _volume_slices(display, source, **selection)

@@ -1,0 +1,137 @@
+"""Run the same task under several training arms with identical seeds and budgets.
+
+A task supplies factories (network, optimizer/scheduler, loss), data loaders and an evaluation
+function; :func:`run_arms` trains one network per arm with :func:`~eqmar.engines.build_trainer`,
+evaluates it, measures its equivariance, saves its weights and collects everything in one
+:class:`ArmResult` per arm. Recipes stay thin: they only describe the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from eqmar.engines.arms import EQRegSettings
+from eqmar.engines.trainer import build_trainer
+from eqmar.equivariance import EquivarianceReport, equivariance_report
+
+__all__ = ["TaskSpec", "ArmResult", "run_arms"]
+
+logger = logging.getLogger("eqmar.experiment")
+
+
+@dataclass
+class TaskSpec:
+    """Everything :func:`run_arms` needs to know about a task.
+
+    Attributes:
+        make_network: ``() -> nn.Module``, called after seeding, once per arm.
+        make_optimizer: ``(network) -> (optimizer, lr_scheduler or None)``.
+        loss_function: task loss.
+        train_loader: training loader (the same for every arm).
+        evaluate: ``(network) -> dict`` of test results for a trained network (in eval mode).
+        max_epochs: training epochs.
+        prepare_batch: the task's ``prepare_batch`` (applied after pairing).
+        image_keys: dict-batch keys rotated together.
+        probe_loader: held-out batches for the equivariance report (None: no report).
+        probe_layers: layers measured by the report (default: the regularised layers).
+        make_evaluator: ``(network) -> evaluator`` for validation during training (optional).
+        val_interval: validation interval in epochs.
+    """
+
+    make_network: Callable[[], nn.Module]
+    make_optimizer: Callable[[nn.Module], tuple[torch.optim.Optimizer, Any]]
+    loss_function: Callable
+    train_loader: Any
+    evaluate: Callable[[nn.Module], dict[str, Any]]
+    max_epochs: int
+    prepare_batch: Callable | None = None
+    image_keys: Sequence[str] | None = None
+    probe_loader: Any = None
+    probe_layers: Any = None
+    make_evaluator: Callable[[nn.Module], Any] | None = None
+    val_interval: int = 1
+
+
+@dataclass
+class ArmResult:
+    """Outcome of one arm."""
+
+    arm: str
+    metrics: dict[str, Any]
+    equivariance: EquivarianceReport | None
+    train_seconds: float
+    iterations: int
+    final_loss: float
+    weights: Path | None
+    network: nn.Module = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def run_arms(
+    task: TaskSpec,
+    arms: Sequence[str],
+    settings: EQRegSettings,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    output_dir: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_interval: int = 0,
+    progress: bool = True,
+) -> dict[str, ArmResult]:
+    """Train, evaluate and measure one network per arm, each from the same seed.
+
+    Args:
+        task: the task description.
+        arms: e.g. ``("plain", "aug", "eqreg")``.
+        settings: rotation group and EQ-Reg settings.
+        seed: seed for weights, data order and group-element draws (identical in every arm).
+        device: training device.
+        output_dir: per-arm checkpoints, logs and ``<arm>/model.pt`` go to ``output_dir/<arm>``.
+        resume: continue each arm from its newest checkpoint.
+        checkpoint_interval: checkpoint every this many iterations.
+        progress: progress bars.
+    """
+    from monai.utils import set_determinism
+
+    results: dict[str, ArmResult] = {}
+    for arm in arms:
+        set_determinism(seed=seed)
+        network = task.make_network().to(device)
+        optimizer, scheduler = task.make_optimizer(network)
+        arm_dir = Path(output_dir) / arm if output_dir is not None else None
+        trainer = build_trainer(
+            network, task.train_loader, optimizer, task.loss_function, task.max_epochs, arm=arm, settings=settings,
+            prepare_batch=task.prepare_batch, image_keys=task.image_keys, device=device, output_dir=arm_dir,
+            evaluator=task.make_evaluator(network) if task.make_evaluator else None, val_interval=task.val_interval,
+            lr_scheduler=scheduler, checkpoint_interval=checkpoint_interval, resume=resume, progress=progress,
+            seed=seed,
+        )
+        started = time.perf_counter()
+        trainer.run()
+        seconds = time.perf_counter() - started
+        set_determinism(seed=None)
+        network.eval()
+        metrics = task.evaluate(network)
+        report = None
+        if task.probe_loader is not None:
+            layers = task.probe_layers if task.probe_layers is not None else settings.layers
+            report = equivariance_report(
+                network, task.probe_loader, layers=layers, group=settings.group,
+                image_keys=task.image_keys, prepare_batch=task.prepare_batch, device=device,
+            )
+        weights = None
+        if arm_dir is not None:
+            weights = arm_dir / "model.pt"
+            torch.save(network.state_dict(), weights)
+        output = trainer.state.output
+        final_loss = float(output[0]["loss"]) if isinstance(output, list) and output else float("nan")
+        results[arm] = ArmResult(arm, metrics, report, seconds, trainer.state.iteration, final_loss, weights, network)
+        logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
+    return results

@@ -1,0 +1,132 @@
+"""The synthesis job and its CLI: layout, reproducibility, resume after interruption, shards, bad inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from eqmar.ct.masks import generate_mask_set
+from eqmar.data.syndeeplesion import SynDeepLesionLayout
+from eqmar.data.synthesis import (
+    ImageSource,
+    SynthesisConfig,
+    deeplesion_sources,
+    demo_sources,
+    file_seed,
+    select_split_masks,
+    shard_sources,
+    synthesize_dataset,
+)
+
+CONFIG = SynthesisConfig(geometry="640geo", image_size=64, num_views=72, seed=3)
+TAG = "640geo_64px72v"
+
+
+@pytest.fixture(scope="module")
+def masks() -> np.ndarray:
+    return select_split_masks(generate_mask_set(seed=1), "test")
+
+
+def _datasets(root, split="test") -> dict[str, np.ndarray]:
+    found = {}
+    for path in sorted((root / f"{split}_{TAG}").rglob("*.h5")):
+        with h5py.File(path, "r") as f:
+            for key in f:
+                found[f"{path.relative_to(root)}:{key}"] = f[key][()]
+    return found
+
+
+def test_demo_set_layout_and_reproducibility(tmp_path, masks) -> None:
+    sources = demo_sources(3, seed=0, split="test")
+    report = synthesize_dataset(sources, masks, tmp_path / "a", "test", CONFIG, mask_indices=[0, 4], progress=False)
+    assert report.images_complete == 3 and report.files_written == 9 and not report.failures
+    layout = SynDeepLesionLayout(tmp_path / "a", "test", TAG)
+    assert layout.read_list() == sorted(s.image_id for s in sources)
+    assert np.load(layout.mask_file).shape == (512, 512, 10)
+    with h5py.File(layout.pair_path("ct_small_000001/001", 4), "r") as f:
+        assert set(f) == {"ma_CT", "LI_CT", "ma_sinogram", "LI_sinogram", "metal_trace"}
+        assert f["ma_CT"].shape == (64, 64) and f["ma_sinogram"].shape == (72, layout_bins(f))
+        assert f["metal_trace"].dtype == np.uint8 and f["ma_CT"].compression == "gzip"
+    # Two workers, reversed order: identical data (every file has its own seeded stream).
+    synthesize_dataset(sources[::-1], masks, tmp_path / "b", "test", CONFIG, mask_indices=[0, 4], workers=2, progress=False)
+    a, b = _datasets(tmp_path / "a"), _datasets(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def layout_bins(f: h5py.File) -> int:
+    return f["metal_trace"].shape[1]
+
+
+def test_interrupted_run_completes_to_the_same_data(tmp_path, masks) -> None:
+    sources = demo_sources(2, seed=0, split="test")
+    synthesize_dataset(sources, masks, tmp_path / "full", "test", CONFIG, mask_indices=[1, 2], progress=False)
+    partial = tmp_path / "partial"
+    synthesize_dataset(sources, masks, partial, "test", CONFIG, mask_indices=[1, 2], progress=False)
+    layout = SynDeepLesionLayout(partial, "test", TAG)
+    victim = layout.pair_path(sources[1].image_id, 2)
+    victim.unlink()  # as if the run had been killed before writing it ...
+    stale = victim.parent / f".{victim.name}.abc123.tmp"
+    stale.write_bytes(b"partial")  # ... while its temporary file was half written
+    report = synthesize_dataset(sources, masks, partial, "test", CONFIG, mask_indices=[1, 2], progress=False)
+    assert report.files_written == 1 and report.files_kept == 5
+    assert not list(partial.rglob("*.tmp"))
+    full, resumed = _datasets(tmp_path / "full"), _datasets(partial)
+    assert full.keys() == resumed.keys() and all(np.array_equal(full[k], resumed[k]) for k in full)
+
+
+def test_shards_are_disjoint_and_cover_everything() -> None:
+    sources = demo_sources(7, split="train")
+    shards = [shard_sources(sources, (i, 3)) for i in range(3)]
+    ids = [s.image_id for shard in shards for s in shard]
+    assert sorted(ids) == sorted(s.image_id for s in sources) and len(set(ids)) == 7
+    with pytest.raises(ValueError, match="shard"):
+        shard_sources(sources, (3, 3))
+    with pytest.raises(ValueError, match="duplicate image ids"):
+        shard_sources(sources + sources[:1])
+
+
+def test_file_seeds_differ_per_file() -> None:
+    seeds = {file_seed(0, "a/1", k) for k in (None, 0, 1)} | {file_seed(1, "a/1", 0), file_seed(0, "a/2", 0)}
+    assert len(seeds) == 5
+
+
+def test_bad_inputs_are_reported_and_skipped(tmp_path, masks) -> None:
+    images = tmp_path / "Images_png" / "000001_01_01"
+    images.mkdir(parents=True)
+    (images / "001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    from PIL import Image
+
+    Image.fromarray((np.full((64, 64), 32768 - 1000 + 40)).astype(np.uint16)).save(images / "002.png")
+    sources = deeplesion_sources(tmp_path)
+    assert [s.image_id for s in sources] == ["000001_01_01/001", "000001_01_01/002"]
+    report = synthesize_dataset(sources, masks, tmp_path / "out", "test", CONFIG, mask_indices=[0], progress=False)
+    assert report.images_complete == 1 and len(report.failures) == 1
+    assert report.failures[0]["image_id"] == "000001_01_01/001" and "001.png" in report.failures[0]["source"]
+    assert (tmp_path / "out" / "synthesis_report_test.json").exists()
+
+
+def test_unknown_source_kind_is_a_failure_not_a_crash(tmp_path, masks) -> None:
+    report = synthesize_dataset(
+        [ImageSource("x_1/1", kind="bogus")], masks, tmp_path, "test", CONFIG, mask_indices=[0], progress=False
+    )
+    assert report.failures and "unknown image source kind" in report.failures[0]["error"]
+
+
+def test_cli_help_and_demo_run(tmp_path) -> None:
+    script = ROOT / "data_tools" / "synthesize_mar.py"
+    help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--deeplesion" in help_text and "--shard" in help_text and "resumable" in help_text
+    run = subprocess.run(
+        [sys.executable, str(script), "--out", str(tmp_path), "--image-size", "64", "--views", "72",
+         "--demo-count", "2", "--mask-indices", "0", "--split", "test", "--no-progress"],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "test: 2/2 images complete, 4 files written" in run.stdout
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--shard", "4/2"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--shard" in bad.stderr
