@@ -44,6 +44,7 @@ class TaskSpec:
         probe_layers: layers measured by the report (default: the regularised layers).
         make_evaluator: ``(network) -> evaluator`` for validation during training (optional).
         val_interval: validation interval in epochs.
+        save_network: ``(network, path)`` writing the trained weights (default: the state dict).
     """
 
     make_network: Callable[[], nn.Module]
@@ -58,6 +59,7 @@ class TaskSpec:
     probe_layers: Any = None
     make_evaluator: Callable[[nn.Module], Any] | None = None
     val_interval: int = 1
+    save_network: Callable[[nn.Module, Path], Any] | None = None
 
 
 @dataclass
@@ -129,7 +131,10 @@ def run_arms(
         weights = None
         if arm_dir is not None:
             weights = arm_dir / "model.pt"
-            torch.save(network.state_dict(), weights)
+            if task.save_network is not None:
+                task.save_network(network, weights)
+            else:
+                torch.save(network.state_dict(), weights)
         output = trainer.state.output
         final_loss = float(output[0]["loss"]) if isinstance(output, list) and output else float("nan")
         results[arm] = ArmResult(arm, metrics, report, seconds, trainer.state.iteration, final_loss, weights, network)

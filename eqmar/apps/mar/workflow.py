@@ -24,7 +24,7 @@ from eqmar.apps.mar.figures import plot_mar_examples
 from eqmar.apps.mar.transforms import MARInputsd
 from eqmar.engines import ARMS, EQRegSettings, TaskSpec, run_arms
 
-__all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "ensure_demo_data", "BACKBONES"]
+__all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "ensure_demo_data", "BACKBONES"]
 
 logger = logging.getLogger("eqmar.mar")
 
@@ -108,23 +108,29 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_network(cfg: MARExperimentConfig) -> nn.Module:
-    """The backbone named by ``cfg.backbone`` with the configured width and depth."""
-    from eqmar import networks
+def mar_network_spec(cfg: MARExperimentConfig) -> dict[str, Any]:
+    """The backbone named by ``cfg.backbone`` with the configured width and depth, as a model spec."""
+    from eqmar.apps.mar.model_file import network_spec
 
-    order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.group]
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {BACKBONES}")
     if cfg.backbone == "unet":
         width = cfg.features
-        return networks.mar_baseline_unet(features=(width, width, 2 * width, 4 * width, 8 * width, width))
-    classes = {"dicdnet": networks.DICDNet, "acdnet": networks.ACDNet, "oscnet": networks.OSCNet}
-    if cfg.backbone not in classes:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {BACKBONES}")
+        return network_spec("unet", features=[width, width, 2 * width, 4 * width, 8 * width, width])
+    order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.group]
     kwargs: dict[str, Any] = {
         "num_stages": cfg.num_stages, "features": cfg.features, "num_res_blocks": cfg.num_res_blocks, "group_order": order,
     }
     if cfg.backbone != "oscnet":  # OSCNet's filters are base filters per orientation (4 published)
         kwargs["num_filters"] = cfg.num_filters
-    return classes[cfg.backbone](**kwargs)
+    return network_spec(cfg.backbone, **kwargs)
+
+
+def build_network(cfg: MARExperimentConfig) -> nn.Module:
+    """The configured backbone, untrained."""
+    from eqmar.apps.mar.model_file import build_from_spec
+
+    return build_from_spec(mar_network_spec(cfg))
 
 
 def regularised_layers(cfg: MARExperimentConfig, network: nn.Module) -> list[str] | Any:
@@ -258,6 +264,10 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     def evaluate(network: nn.Module) -> dict[str, Any]:
         return {"mar": evaluate_mar(loaders["test"], network_predictor(network, device))}
 
+    from eqmar.apps.mar.model_file import save_mar_model
+
+    spec = mar_network_spec(cfg)
+    image_size = int(loaders["test"].dataset[0]["gt"].shape[-1])
     probe_net = build_network(cfg)
     settings = EQRegSettings(
         weight=cfg.weight, group=cfg.group, layers=regularised_layers(cfg, probe_net), reduction=cfg.reduction  # type: ignore[arg-type]
@@ -272,6 +282,9 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         image_keys=("image", "label"),
         probe_loader=loaders["probe"],
         make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
+        save_network=lambda network, path: save_mar_model(
+            path, network, spec, meta={"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size}
+        ),
     )
     results = run_arms(
         task, cfg.arms, settings, seed=cfg.seed, device=device, output_dir=out, resume=cfg.resume,
