@@ -24,24 +24,29 @@ from torch import nn
 from eqmar.equivariance import EQReg, convs_divisible_by, pair_batch
 
 
-def build_backbone(name: str, size: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], nn.Module]:
-    """Return (network, input factory, loss) for a backbone name."""
+def build_backbone(name: str, size: int, stages: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], nn.Module, object]:
+    """Return (network, input factory, loss, regularised layers) for a backbone name.
+
+    The unrolled MAR backbones regularise the published layers: every conv of X-net and M-net for
+    DICDNet, X-net only for ACDNet (its M-net is 6 channels wide).
+    """
     if name == "basicunet":
         from monai.networks.nets import BasicUNet
 
         net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(32, 32, 64, 128, 256, 32))
-        return net, lambda b: torch.randn(b, 1, size, size), nn.MSELoss()
+        return net, lambda b: torch.randn(b, 1, size, size), nn.MSELoss(), convs_divisible_by("C4")
     if name in ("dicdnet", "acdnet"):
         from eqmar import networks
 
-        net = getattr(networks, "DICDNet" if name == "dicdnet" else "ACDNet")()
+        net = getattr(networks, "DICDNet" if name == "dicdnet" else "ACDNet")(num_stages=stages)
+        which = ("x_net", "m_net") if name == "dicdnet" else ("x_net",)
 
         def make(b: int) -> torch.Tensor:
             x = torch.rand(b, 3, size, size)
             x[:, 2] = 1.0
             return x
 
-        return net, make, _FinalImageMSE()
+        return net, make, _FinalImageMSE(), networks.proximal_conv_names(net, which=which)
     raise ValueError(f"unknown backbone {name!r}")
 
 
@@ -74,14 +79,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="patch size")
     parser.add_argument("--steps", type=int, default=20, help="measured step pairs")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--stages", type=int, default=10, help="unrolled stages of DICDNet/ACDNet")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net, make_input, loss_fn = build_backbone(args.backbone, args.size)
+    net, make_input, loss_fn, layers = build_backbone(args.backbone, args.size, args.stages)
     net.train()
-    eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=1e-8, elements=[1, 2, 3])
+    eqreg = EQReg(net, layers=layers, weight=1e-8, elements=[1, 2, 3])
     opt = torch.optim.Adam(net.parameters(), 1e-4)
     x, y = make_input(args.batch), torch.rand(args.batch, 1, args.size, args.size)
     ratios, plain_times, eq_times = [], [], []

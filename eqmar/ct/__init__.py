@@ -1,1 +1,75 @@
-"""eqmar.ct."""
+"""eqmar.ct: fan-beam CT geometry, projectors and the SynDeepLesion metal-artifact simulator.
+
+Names are resolved lazily (PEP 562) so that ``import eqmar.ct`` does not import ASTRA, ODL or torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "FanBeamGeometry",
+    "GEOMETRY_PRESETS",
+    "Projector",
+    "PixelDrivenBackprojector",
+    "JosephForwardProjector",
+    "Spectrum",
+    "load_spectrum",
+    "spekpy_spectrum",
+    "mass_attenuation",
+    "metal_attenuation",
+    "PolychromaticModel",
+    "hu_to_mu",
+    "mu_to_hu",
+    "prepare_hu",
+    "resize_square",
+    "split_tissue",
+    "add_poisson_noise",
+    "fit_water_bhc",
+    "apply_bhc",
+    "apply_partial_volume",
+    "interpolate_trace",
+    "metal_trace",
+    "PreparedImage",
+    "PreparedMask",
+    "SynDeepLesionSimulator",
+]
+
+_LOCATIONS = {
+    "FanBeamGeometry": "geometry",
+    "GEOMETRY_PRESETS": "geometry",
+    "Projector": "projector",
+    "PixelDrivenBackprojector": "backprojection",
+    "JosephForwardProjector": "joseph",
+    "Spectrum": "spectrum",
+    "load_spectrum": "spectrum",
+    "spekpy_spectrum": "spectrum",
+    "mass_attenuation": "materials",
+    "metal_attenuation": "metal",
+    "PolychromaticModel": "physics",
+    "hu_to_mu": "physics",
+    "mu_to_hu": "physics",
+    "prepare_hu": "physics",
+    "resize_square": "physics",
+    "split_tissue": "physics",
+    "add_poisson_noise": "physics",
+    "fit_water_bhc": "physics",
+    "apply_bhc": "physics",
+    "apply_partial_volume": "metal",
+    "interpolate_trace": "metal",
+    "metal_trace": "metal",
+    "PreparedImage": "simulator",
+    "PreparedMask": "simulator",
+    "SynDeepLesionSimulator": "simulator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        return getattr(importlib.import_module(f"{__name__}.{_LOCATIONS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
