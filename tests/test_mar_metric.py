@@ -545,7 +545,8 @@ LI_CONFORMANCE_SSIM = [
 ]
 
 
-def test_conformance_li_ct_scores(conformance_dir):
+def _conformance_li_inputs(conformance_dir):
+    """gt.h5 image, the ten test masks resized 512 → 416 as the protocol does, and each k.h5 LI_CT."""
     h5py = pytest.importorskip("h5py")
     from PIL import Image
 
@@ -555,14 +556,18 @@ def test_conformance_li_ct_scores(conformance_dir):
     masks, lis = [], []
     for k in range(10):
         # Protocol: the uint8 0/1 mask resized 512 → 416 bilinearly stays binary.
-        mask = np.asarray(Image.fromarray(masks_512[:, :, k]).resize((416, 416), Image.BILINEAR))
+        masks.append(np.asarray(Image.fromarray(masks_512[:, :, k]).resize((416, 416), Image.BILINEAR)))
         with h5py.File(conformance_dir / f"{k}.h5", "r") as handle:
-            li = handle["LI_CT"][()]
-        expected_psnr, expected_ssim = ref_scores(li, gt, mask)
+            lis.append(handle["LI_CT"][()])
+    return gt, masks, lis
+
+
+def test_conformance_li_ct_scores(conformance_dir):
+    gt, masks, lis = _conformance_li_inputs(conformance_dir)
+    for k in range(10):
+        expected_psnr, expected_ssim = ref_scores(lis[k], gt, masks[k])
         assert expected_psnr == pytest.approx(LI_CONFORMANCE_PSNR[k], abs=1e-9)
         assert expected_ssim == pytest.approx(LI_CONFORMANCE_SSIM[k], abs=1e-12)
-        masks.append(mask)
-        lis.append(li)
     acc = MARMetricAccumulator()
     gts = np.broadcast_to(gt, (10, 1, 416, 416))
     psnr, ssim = acc.update(np.stack(lis)[:, None], gts, np.stack(masks)[:, None], mask_index=range(10))
@@ -621,22 +626,11 @@ LI_CONFORMANCE_PNG_SSIM = [
 
 
 def test_conformance_li_ct_scores_png_route(conformance_dir):
-    h5py = pytest.importorskip("h5py")
-    from PIL import Image
-
-    with h5py.File(conformance_dir / "gt.h5", "r") as handle:
-        gt = handle["image"][()]
-    masks_512 = np.load(conformance_dir / "testmask.npy")
-    masks, lis = [], []
+    gt, masks, lis = _conformance_li_inputs(conformance_dir)
     for k in range(10):
-        mask = np.asarray(Image.fromarray(masks_512[:, :, k]).resize((416, 416), Image.BILINEAR))
-        with h5py.File(conformance_dir / f"{k}.h5", "r") as handle:
-            li = handle["LI_CT"][()]
-        expected_psnr, expected_ssim = ref_png_scores(li, gt, mask)
+        expected_psnr, expected_ssim = ref_png_scores(lis[k], gt, masks[k])
         assert expected_psnr == pytest.approx(LI_CONFORMANCE_PNG_PSNR[k], abs=1e-9)
         assert expected_ssim == pytest.approx(LI_CONFORMANCE_PNG_SSIM[k], abs=1e-12)
-        masks.append(mask)
-        lis.append(li)
     acc = MARMetricAccumulator(png_autoscale=True)
     gts = np.broadcast_to(gt, (10, 1, 416, 416))
     psnr, ssim = acc.update(np.stack(lis)[:, None], gts, np.stack(masks)[:, None], mask_index=range(10))
