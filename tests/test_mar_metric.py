@@ -150,17 +150,7 @@ def disc_mask(size: int = 416, radius: float = 12.0, centre: tuple[float, float]
     return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) < radius**2).astype(np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Run this module's small-tensor work on one intra-op thread, then restore the setting.
-
-    On a shared 2-core machine, OpenMP threads of these ~0.2-Mpixel operations spend more time
-    waiting for each other than computing (measured: about half the runtime under load).
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from eqmar.apps.mar import MARExperimentConfig, run_mar_experiment
 from eqmar.apps.mar.model_file import load_mar_model, save_mar_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _tiny(tmp_path, **overrides) -> MARExperimentConfig:

@@ -15,14 +15,7 @@ from eqmar.networks.oscnet import OrientationSharedDictionary
 BACKBONES = {"dicdnet": DICDNet, "acdnet": ACDNet, "oscnet": OSCNet}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These small convs gain nothing from intra-op threads, and on a shared 2-core runner OpenMP
-    spin-waiting made them 3× slower (measured 44 s vs 15 s CPU time); restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _mar_batch(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

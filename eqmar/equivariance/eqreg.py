@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqmar.equivariance.functional import Reduction, equivariance_residual
+from eqmar.equivariance.functional import Reduction, paired_residual
 from eqmar.equivariance.groups import RotationGroup
 from eqmar.equivariance.layers import LayerSpec, check_channel_divisibility, select_layers, unwrap_network
 from eqmar.equivariance.pairing import RotationPairing, infer_batch_size
@@ -135,10 +135,7 @@ class EQReg(RotationPairing):
                     f"EQ-Reg: layer {name!r} saw batch size {features.shape[0]}, expected the paired batch "
                     f"2 x {self._half}. Does the network split or reshape the batch dimension?"
                 )
-            half = self._half
-            self._residuals.append(
-                equivariance_residual(features[:half], features[half:], self._element, self.group, self.reduction)
-            )
+            self._residuals.append(paired_residual(features, self._half, self._element, self.group, self.reduction))
 
         return hook
 

@@ -25,7 +25,7 @@ import torch
 
 from eqmar.equivariance.groups import RotationGroup, _CyclicRot90, get_group
 
-__all__ = ["equivariance_difference", "equivariance_residual", "Reduction"]
+__all__ = ["equivariance_difference", "equivariance_residual", "paired_residual", "Reduction"]
 
 Reduction = Literal["norm", "mean"]
 
@@ -45,8 +45,12 @@ def _as_float_pair(
         raise ValueError(
             f"{grp.name} rotations need square feature maps, got {features.shape[-2]}x{features.shape[-1]}."
         )
-    # fp32 keeps the tiny residuals of nearly equivariant layers meaningful under AMP.
-    return features.float(), features_transformed.float()
+    return _at_least_fp32(features), _at_least_fp32(features_transformed)
+
+
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    # fp32 keeps the tiny residuals of nearly equivariant layers meaningful under AMP; fp64 stays fp64.
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def equivariance_difference(
@@ -128,4 +132,93 @@ def equivariance_residual(
         count = diff.numel() if mask is None else int(mask.sum()) * diff.shape[0] * diff.shape[1]
     if reduction == "mean":
         residual = residual / math.sqrt(count)
+    return residual
+
+
+def _subtract_shifted(d: torch.Tensor, z1: torch.Tensor, n: int, grp: RotationGroup) -> None:
+    """``d -= shift_n(z1)`` in place, without materialising the shifted tensor for cyclic groups."""
+    order = grp.order
+    if n == 0:
+        d.sub_(z1)
+    elif isinstance(grp, _CyclicRot90):
+        dv, zv = d.unflatten(1, (-1, order)), z1.unflatten(1, (-1, order))
+        dv[:, :, : order - n].sub_(zv[:, :, n:])
+        dv[:, :, order - n :].sub_(zv[:, :, :n])
+    else:
+        d.sub_(grp.shift(z1, n))
+
+
+def _write_unshifted_negative(out: torch.Tensor, gd: torch.Tensor, n: int, grp: RotationGroup) -> None:
+    """``out = -shift_n^T(gd)``: the gradient with respect to ``z1`` of ``-shift_n(z1)``."""
+    order = grp.order
+    if n == 0:
+        torch.neg(gd, out=out)
+    elif isinstance(grp, _CyclicRot90):
+        ov, gv = out.unflatten(1, (-1, order)), gd.unflatten(1, (-1, order))
+        torch.neg(gv[:, :, : order - n], out=ov[:, :, n:])
+        torch.neg(gv[:, :, order - n :], out=ov[:, :, :n])
+    else:
+        # shift_g^T = shift_{g^-1} because the channel shift is a permutation.
+        torch.neg(grp.shift(gd, grp.inverse(n)), out=out)
+
+
+class _PairedResidual(torch.autograd.Function):
+    """``|| g · z[:B] - shift_g(z[B:]) ||`` on one paired feature tensor, with a lean backward.
+
+    Rotations by multiples of 90° and channel shifts are permutations, so their adjoints are their
+    inverses: the backward writes ``rot^-1(g d / r)`` and ``-shift^-1(g d / r)`` straight into the
+    two halves of one gradient buffer. Autograd's generic path would zero-fill and copy a
+    full-size buffer for every slice of the computation instead.
+    """
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, half: int, n: int, grp: RotationGroup) -> torch.Tensor:  # type: ignore[override]
+        z0, z1 = _at_least_fp32(features[:half]), _at_least_fp32(features[half:])
+        diff = grp.act(z0, n).clone() if n == 0 else grp.act(z0, n)
+        _subtract_shifted(diff, z1, n, grp)
+        norm = torch.linalg.vector_norm(diff)
+        ctx.save_for_backward(diff, norm)
+        ctx.half, ctx.n, ctx.grp, ctx.dtype = half, n, grp, features.dtype
+        return norm
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        diff, norm = ctx.saved_tensors
+        shape = (2 * ctx.half, *diff.shape[1:])
+        if norm == 0:  # zero subgradient at a zero difference (identity steps), never NaN
+            return torch.zeros(shape, dtype=ctx.dtype, device=diff.device), None, None, None
+        grad = torch.empty(shape, dtype=diff.dtype, device=diff.device)  # both halves are written below
+        scaled = diff * (grad_output / norm)
+        grp, n = ctx.grp, ctx.n
+        grad[: ctx.half] = grp.act(scaled, grp.inverse(n))
+        _write_unshifted_negative(grad[ctx.half :], scaled, n, grp)
+        return grad.to(ctx.dtype), None, None, None
+
+
+def paired_residual(
+    features: torch.Tensor,
+    half: int,
+    n: int,
+    group: str | RotationGroup = "C4",
+    reduction: Reduction = "norm",
+) -> torch.Tensor:
+    """:func:`equivariance_residual` of ``features[:half]`` and ``features[half:]`` (a paired batch).
+
+    Same value and gradient as ``equivariance_residual(features[:half], features[half:], n, group,
+    reduction)``, computed with fewer memory passes for the exact groups (C2, C4, D4); this is the
+    form EQ-Reg's hooks use. C8 (interpolating) falls back to the generic path.
+    """
+    grp = get_group(group)
+    n = grp.check_element(n)
+    if features.shape[0] != 2 * half:
+        raise ValueError(f"paired_residual: expected a batch of 2 x {half}, got {features.shape[0]}.")
+    if not grp.exact:
+        return equivariance_residual(features[:half], features[half:], n, grp, reduction)
+    z0, z1 = features[:half], features[half:]
+    _as_float_pair(z0, z1, grp)  # validation only
+    if features.shape[1] % grp.order:
+        raise ValueError(f"{grp.name}: {features.shape[1]} channels are not divisible by the group order {grp.order}.")
+    residual = _PairedResidual.apply(features, half, n, grp)
+    if reduction == "mean":
+        residual = residual / math.sqrt(z0.numel())
     return residual

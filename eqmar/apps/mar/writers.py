@@ -1,0 +1,200 @@
+"""Write MAR results back in the input's own format: DeepLesion PNG, NIfTI, DICOM series.
+
+Also home of the NIfTI orientation mapping (:func:`nifti_to_axial`) whose inverse the NIfTI
+writer's caller applies, so that both directions live next to each other.
+
+Each writer keeps what a viewer or a downstream pipeline relies on:
+
+* DeepLesion PNG: 16-bit grayscale, stored value = HU + 32768 (rounded, clipped to uint16).
+* NIfTI: float32 HU with the reference image's affine and header geometry (qform/sform, zooms,
+  units); the intensity scaling is reset so the stored floats are the HU.
+* DICOM: a new series (new SeriesInstanceUID, one new SOPInstanceUID per image, SeriesDescription
+  + " MAR (eqmar)") with every other element of the input preserved and pixel data stored in the
+  input's representation: same integer type, bits stored, RescaleSlope/RescaleIntercept, values
+  clipped to the representable range. Compressed inputs are written uncompressed (Explicit VR
+  Little Endian), since eqmar does not ship codecs for re-encoding.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "MAR_SERIES_SUFFIX",
+    "NIFTI_SUFFIXES",
+    "deeplesion_png_values",
+    "write_deeplesion_png",
+    "write_nifti_like",
+    "dicom_stored_values",
+    "mar_dicom_dataset",
+    "write_dicom_series",
+    "nifti_to_axial",
+    "axial_to_nifti",
+]
+
+#: Appended to the SeriesDescription of corrected DICOM series.
+MAR_SERIES_SUFFIX = " MAR (eqmar)"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_LO_MAX_CHARS = 64  # DICOM VR LO (SeriesDescription) holds at most 64 characters
+
+
+def deeplesion_png_values(hu: np.ndarray) -> np.ndarray:
+    """HU to DeepLesion's stored uint16 (HU + 32768, rounded, clipped to [0, 65535])."""
+    from eqmar.data.readers import DEEPLESION_HU_OFFSET
+
+    stored = np.rint(np.asarray(hu, dtype=np.float64) + DEEPLESION_HU_OFFSET)
+    return np.clip(stored, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def write_deeplesion_png(path: str | os.PathLike, hu: np.ndarray) -> Path:
+    """Write a (H, W) HU slice as a DeepLesion 16-bit PNG."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(deeplesion_png_values(hu)).save(path, format="PNG")
+    return path
+
+
+def write_nifti_like(path: str | os.PathLike, data: np.ndarray, reference: Any) -> Path:
+    """Write ``data`` (voxel order of ``reference``) as float32 NIfTI with ``reference``'s geometry.
+
+    Args:
+        path: output ``.nii`` or ``.nii.gz``.
+        data: array of the reference's shape, in its voxel order.
+        reference: the input ``nibabel`` image whose affine/header are copied.
+    """
+    import nibabel as nib
+
+    array = np.asarray(data, dtype=np.float32)
+    if array.shape != tuple(reference.shape):
+        raise ValueError(f"write_nifti_like: data shape {array.shape} differs from the reference {tuple(reference.shape)}.")
+    header = reference.header.copy()
+    header.set_data_dtype(np.float32)
+    image = type(reference)(array, reference.affine, header)  # Nifti1Image or Nifti2Image, as read
+    image.header.set_slope_inter(1.0, 0.0)  # the stored floats are the HU: no rescaling on read
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def _display_transform(affine: np.ndarray) -> Any:
+    """nibabel orientation transform from the file's voxel axes to canonical RAS."""
+    from nibabel import orientations
+
+    return orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
+
+
+def nifti_to_axial(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(X, Y, Z) voxel data to (Z, rows, cols) axial slices in display orientation.
+
+    Display orientation is DICOM's and DeepLesion's: rows anterior→posterior, columns patient
+    right→left, the orientation the MAR networks were trained in. :func:`axial_to_nifti` inverts it.
+    """
+    from nibabel import orientations
+
+    ras = orientations.apply_orientation(np.asarray(data), _display_transform(affine))
+    # RAS voxel x runs towards the patient's right and y towards anterior; display rows run anterior to
+    # posterior and columns patient right to left: flip both, then rows = y, columns = x.
+    return np.ascontiguousarray(np.flip(ras, axis=(0, 1)).transpose(2, 1, 0))
+
+
+def axial_to_nifti(slices: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`nifti_to_axial`: (Z, rows, cols) back to the file's voxel order."""
+    from nibabel import orientations
+
+    ras = np.flip(np.asarray(slices).transpose(2, 1, 0), axis=(0, 1))
+    back = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), orientations.io_orientation(affine))
+    return np.ascontiguousarray(orientations.apply_orientation(ras, back))
+
+
+# ---------------------------------------------------------------------------------------- DICOM
+def _rescale(ds: Any) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+
+
+def _stored_range(ds: Any) -> tuple[int, int, np.dtype]:
+    bits_allocated = int(ds.BitsAllocated)
+    bits_stored = int(ds.get("BitsStored", bits_allocated))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")
+    if signed:
+        return -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1, dtype
+    return 0, (1 << bits_stored) - 1, dtype
+
+
+def dicom_stored_values(hu: np.ndarray, ds: Any) -> np.ndarray:
+    """HU to the dataset's stored pixel values: ``(HU - intercept) / slope``, rounded, clipped.
+
+    The dtype follows BitsAllocated and PixelRepresentation; the clip range follows BitsStored.
+    """
+    slope, intercept = _rescale(ds)
+    low, high, dtype = _stored_range(ds)
+    stored = np.rint((np.asarray(hu, dtype=np.float64) - intercept) / slope)
+    return np.clip(stored, low, high).astype(dtype)
+
+
+def mar_dicom_dataset(ds: Any, hu: np.ndarray, series_uid: str, derivation: str = "") -> Any:
+    """A copy of ``ds`` holding ``hu`` as a member of the MAR series ``series_uid``.
+
+    Only the pixel data (and the Image Pixel elements that describe it), the SeriesInstanceUID,
+    the SOPInstanceUID, the SeriesDescription and the Smallest/Largest Image Pixel Value change;
+    a DerivationDescription is added.
+    """
+    import copy
+
+    from pydicom.uid import generate_uid
+
+    out = copy.deepcopy(ds)
+    stored = dicom_stored_values(hu, ds)
+    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    try:
+        out.set_pixel_data(stored, str(ds.PhotometricInterpretation), bits_stored, generate_instance_uid=False)
+    except NotImplementedError as error:  # big-endian transfer syntaxes
+        name = getattr(ds, "filename", None) or "DICOM dataset"
+        raise ValueError(f"{name}: cannot store the corrected pixels: {error}") from error
+    for keyword, value in (("SmallestImagePixelValue", stored.min()), ("LargestImagePixelValue", stored.max())):
+        if keyword in out:
+            setattr(out, keyword, int(value))
+    out.SeriesInstanceUID = series_uid
+    out.SOPInstanceUID = generate_uid()
+    if getattr(out, "file_meta", None) is not None:
+        out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    description = str(ds.get("SeriesDescription", "") or "")
+    out.SeriesDescription = (description[: _LO_MAX_CHARS - len(MAR_SERIES_SUFFIX)] + MAR_SERIES_SUFFIX).strip()
+    if derivation:
+        out.DerivationDescription = derivation[:1024]  # VR ST holds at most 1024 characters
+    return out
+
+
+def write_dicom_series(
+    datasets: list[Any], hu_slices: list[np.ndarray], paths: list[str | os.PathLike], derivation: str = ""
+) -> list[Path]:
+    """Write corrected slices as one new DICOM series.
+
+    Args:
+        datasets: the input datasets of one series.
+        hu_slices: corrected HU per dataset.
+        paths: output file per dataset.
+        derivation: text for DerivationDescription.
+
+    Returns:
+        The written paths.
+    """
+    from pydicom.uid import generate_uid
+
+    if not len(datasets) == len(hu_slices) == len(paths):
+        raise ValueError("write_dicom_series: datasets, slices and paths must have the same length.")
+    series_uid = generate_uid()
+    written = []
+    for ds, hu, path in zip(datasets, hu_slices, paths):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mar_dicom_dataset(ds, hu, series_uid, derivation).save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
