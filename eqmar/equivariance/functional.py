@@ -148,25 +148,25 @@ def _subtract_shifted(d: torch.Tensor, z1: torch.Tensor, n: int, grp: RotationGr
         d.sub_(grp.shift(z1, n))
 
 
-def _write_unshifted_negative(out: torch.Tensor, gd: torch.Tensor, n: int, grp: RotationGroup) -> None:
-    """``out = -shift_n^T(gd)``: the gradient with respect to ``z1`` of ``-shift_n(z1)``."""
+def _write_unshifted_scaled(out: torch.Tensor, diff: torch.Tensor, factor: torch.Tensor, n: int, grp: RotationGroup) -> None:
+    """``out = factor * shift_n^T(diff)`` in one pass for cyclic groups (the ``z1`` half of the gradient)."""
     order = grp.order
     if n == 0:
-        torch.neg(gd, out=out)
+        torch.mul(diff, factor, out=out)
     elif isinstance(grp, _CyclicRot90):
-        ov, gv = out.unflatten(1, (-1, order)), gd.unflatten(1, (-1, order))
-        torch.neg(gv[:, :, : order - n], out=ov[:, :, n:])
-        torch.neg(gv[:, :, order - n :], out=ov[:, :, :n])
+        ov, dv = out.unflatten(1, (-1, order)), diff.unflatten(1, (-1, order))
+        torch.mul(dv[:, :, : order - n], factor, out=ov[:, :, n:])
+        torch.mul(dv[:, :, order - n :], factor, out=ov[:, :, :n])
     else:
         # shift_g^T = shift_{g^-1} because the channel shift is a permutation.
-        torch.neg(grp.shift(gd, grp.inverse(n)), out=out)
+        torch.mul(grp.shift(diff, grp.inverse(n)), factor, out=out)
 
 
 class _PairedResidual(torch.autograd.Function):
     """``|| g · z[:B] - shift_g(z[B:]) ||`` on one paired feature tensor, with a lean backward.
 
     Rotations by multiples of 90° and channel shifts are permutations, so their adjoints are their
-    inverses: the backward writes ``rot^-1(g d / r)`` and ``-shift^-1(g d / r)`` straight into the
+    inverses: the backward writes ``rot^-1(d) g / r`` and ``-shift^-1(d) g / r`` straight into the
     two halves of one gradient buffer. Autograd's generic path would zero-fill and copy a
     full-size buffer for every slice of the computation instead.
     """
@@ -188,10 +188,10 @@ class _PairedResidual(torch.autograd.Function):
         if norm == 0:  # zero subgradient at a zero difference (identity steps), never NaN
             return torch.zeros(shape, dtype=ctx.dtype, device=diff.device), None, None, None
         grad = torch.empty(shape, dtype=diff.dtype, device=diff.device)  # both halves are written below
-        scaled = diff * (grad_output / norm)
+        factor = grad_output / norm
         grp, n = ctx.grp, ctx.n
-        grad[: ctx.half] = grp.act(scaled, grp.inverse(n))
-        _write_unshifted_negative(grad[ctx.half :], scaled, n, grp)
+        torch.mul(grp.act(diff, grp.inverse(n)), factor, out=grad[: ctx.half])
+        _write_unshifted_scaled(grad[ctx.half :], diff, -factor, n, grp)
         return grad.to(ctx.dtype), None, None, None
 
 
