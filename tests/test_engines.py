@@ -69,3 +69,26 @@ def test_interrupted_run_resumes_at_the_right_iteration(tmp_path) -> None:
     assert steps[0] == 7 and resumed.state.iteration == 12 and len(steps) == 6
     assert (tmp_path / "checkpoints" / "checkpoint_final.pt").exists()
     assert list((tmp_path / "tensorboard").glob("events.*"))
+
+
+def test_run_arms_is_reproducible_with_random_transforms() -> None:
+    """Same seed, same data order and random crops: identical weights, run after run and arm after arm."""
+    from monai.transforms import RandSpatialCropd
+
+    from eqmar.engines import TaskSpec, run_arms
+
+    data = [{"image": torch.rand(1, 48, 48), "label": torch.rand(1, 48, 48)} for _ in range(6)]
+    from monai.data import Dataset
+
+    loader = DataLoader(
+        Dataset(data, transform=RandSpatialCropd(keys=["image", "label"], roi_size=(32, 32), random_size=False)),
+        batch_size=2, shuffle=True,
+    )
+    task = TaskSpec(
+        make_network=lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8, 16, 4)),
+        make_optimizer=lambda net: (torch.optim.Adam(net.parameters(), 1e-3), None),
+        loss_function=nn.MSELoss(), train_loader=loader, evaluate=lambda net: {}, max_epochs=2,
+    )
+    first = run_arms(task, ["plain", "aug"], SETTINGS, seed=5, progress=False)["aug"].network.state_dict()
+    second = run_arms(task, ["aug"], SETTINGS, seed=5, progress=False)["aug"].network.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)

@@ -100,11 +100,15 @@ def run_arms(
         checkpoint_interval: checkpoint every this many iterations.
         progress: progress bars.
     """
+    from monai.data.utils import set_rnd
     from monai.utils import set_determinism
 
     results: dict[str, ArmResult] = {}
     for arm in arms:
         set_determinism(seed=seed)
+        # MONAI random transforms own their RandomState, which set_determinism does not touch:
+        # without this, every arm (and every run) would see different random crops.
+        set_rnd(getattr(task.train_loader, "dataset", task.train_loader), seed)
         network = task.make_network().to(device)
         optimizer, scheduler = task.make_optimizer(network)
         arm_dir = Path(output_dir) / arm if output_dir is not None else None
