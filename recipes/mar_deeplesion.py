@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda", dest="lam", type=float, help="EQ-Reg weight")
     p.add_argument("--group", choices=["C2", "C4", "D4", "C8"])
     p.add_argument("--reduction", choices=["norm", "mean"], help="EQ-Reg norm: published Frobenius or RMS")
+    p.add_argument("--regularise", help="proximal nets whose convs get EQ-Reg, comma-separated (default x_net,m_net)")
     p.add_argument("--stages", type=int, help="unrolled stages T")
     p.add_argument("--features", type=int, help="proximal-net width (divisible by the group order)")
     p.add_argument("--test-images", type=int, help="score only the first N test images")
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update(output_dir=args.out, resume=args.resume, progress=not args.no_progress)
     if args.arm:
         overrides["arms"] = tuple(dict.fromkeys(args.arm))
+    if args.regularise:
+        overrides["regularised"] = tuple(part.strip() for part in args.regularise.split(",") if part.strip())
     if args.data is not None:
         if not args.data.is_dir():
             print(f"error: --data {args.data} is not a folder", file=sys.stderr)
