@@ -31,20 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def parse_indices(text: str | None) -> list[int] | None:
-    """Parse "0-79" / "0,3,5-7" into a list of ints (None stays None)."""
-    if text is None:
-        return None
-    indices: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            indices.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            indices.append(int(part))
-    return indices
+from eqmar.utils import parse_index_ranges
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -115,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, metal=args.metal, seed=args.seed,
     )
     try:
+        mask_indices = parse_index_ranges(args.mask_indices)
+    except ValueError as error:
+        print(f"error: --mask-indices: {error}", file=sys.stderr)
+        return 2
+    try:
         masks = load_mask_set(args.masks, args.seed)
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot load masks from {args.masks}: {error}", file=sys.stderr)
@@ -129,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         report = synthesize_dataset(
             sources, select_split_masks(masks, split), args.out, split, config,
-            mask_indices=parse_indices(args.mask_indices), workers=args.workers, limit=args.limit,
+            mask_indices=mask_indices, workers=args.workers, limit=args.limit,
             shard=args.shard, progress=not args.no_progress,
         )
         failed += len(report.failures)

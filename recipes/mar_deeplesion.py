@@ -24,6 +24,8 @@ import logging
 import sys
 from pathlib import Path
 
+from eqmar.utils import parse_index_ranges
+
 OVERRIDES = {
     "backbone": "backbone",
     "epochs": "epochs",
@@ -40,6 +42,7 @@ OVERRIDES = {
     "device": "device",
     "workers": "workers",
     "test_images": "test_images",
+    "val_images": "val_images",
     "geometry_tag": "geometry_tag",
     "checkpoint_interval": "checkpoint_interval",
 }
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regularise", help="proximal nets whose convs get EQ-Reg, comma-separated (default x_net,m_net)")
     p.add_argument("--stages", type=int, help="unrolled stages T")
     p.add_argument("--features", type=int, help="proximal-net width (divisible by the group order)")
+    p.add_argument("--train-masks", help="training mask indices, e.g. 0-79 (published)")
+    p.add_argument("--val-masks", help="validation mask indices, e.g. 80-89 (published); 'none' to skip")
+    p.add_argument("--val-images", type=int, help="validate on the first N training images")
     p.add_argument("--test-images", type=int, help="score only the first N test images")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -84,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     overrides.update(output_dir=args.out, resume=args.resume, progress=not args.no_progress)
     if args.arm:
         overrides["arms"] = tuple(dict.fromkeys(args.arm))
+    try:
+        if args.train_masks:
+            overrides["train_masks"] = tuple(parse_index_ranges(args.train_masks))
+        if args.val_masks:
+            overrides["val_masks"] = () if args.val_masks == "none" else tuple(parse_index_ranges(args.val_masks))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.regularise:
         overrides["regularised"] = tuple(part.strip() for part in args.regularise.split(",") if part.strip())
     if args.data is not None:

@@ -73,6 +73,7 @@ class ArmResult:
     iterations: int
     final_loss: float
     weights: Path | None
+    validation: dict[str, float] = field(default_factory=dict)
     network: nn.Module = field(repr=False, default=None)  # type: ignore[assignment]
 
 
@@ -112,10 +113,11 @@ def run_arms(
         network = task.make_network().to(device)
         optimizer, scheduler = task.make_optimizer(network)
         arm_dir = Path(output_dir) / arm if output_dir is not None else None
+        evaluator = task.make_evaluator(network) if task.make_evaluator else None
         trainer = build_trainer(
             network, task.train_loader, optimizer, task.loss_function, task.max_epochs, arm=arm, settings=settings,
             prepare_batch=task.prepare_batch, image_keys=task.image_keys, device=device, output_dir=arm_dir,
-            evaluator=task.make_evaluator(network) if task.make_evaluator else None, val_interval=task.val_interval,
+            evaluator=evaluator, val_interval=task.val_interval,
             lr_scheduler=scheduler, checkpoint_interval=checkpoint_interval, resume=resume, progress=progress,
             seed=seed,
         )
@@ -141,6 +143,9 @@ def run_arms(
                 torch.save(network.state_dict(), weights)
         output = trainer.state.output
         final_loss = float(output[0]["loss"]) if isinstance(output, list) and output else float("nan")
-        results[arm] = ArmResult(arm, metrics, report, seconds, trainer.state.iteration, final_loss, weights, network)
+        validation = {k: float(v) for k, v in evaluator.state.metrics.items()} if evaluator is not None else {}
+        results[arm] = ArmResult(
+            arm, metrics, report, seconds, trainer.state.iteration, final_loss, weights, validation, network
+        )
         logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
     return results

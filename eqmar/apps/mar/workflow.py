@@ -203,10 +203,14 @@ def _validation_evaluator(loader: Any, device: torch.device) -> Any:
     def pred_and_gt(output: Any) -> tuple[list, list]:
         return [o["pred"] for o in output], [o["label"][:1] for o in output]
 
+    def metal_masks(batch: Any) -> Any:
+        # MONAI decollates engine.state.batch into per-sample dicts after each iteration
+        return [sample["mask"] for sample in batch] if isinstance(batch, list) else batch["mask"]
+
     def make(network: nn.Module) -> Any:
         return SupervisedEvaluator(
             device=device, val_data_loader=loader, network=network,
-            key_val_metric={"val_mar_psnr": MARPSNR(output_transform=pred_and_gt, batch_transform=lambda b: b["mask"])},
+            key_val_metric={"val_mar_psnr": MARPSNR(output_transform=pred_and_gt, batch_transform=metal_masks)},
         )
 
     return make
@@ -313,6 +317,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
                 "train_seconds": round(r.train_seconds, 2),
                 "iterations": r.iterations,
                 "final_loss": r.final_loss,
+                "validation": r.validation,
                 "equivariance": r.equivariance.to_dict() if r.equivariance is not None else None,
                 "weights": str(r.weights) if r.weights else None,
             }
