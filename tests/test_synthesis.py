@@ -130,3 +130,26 @@ def test_cli_help_and_demo_run(tmp_path) -> None:
     assert "test: 2/2 images complete, 4 files written" in run.stdout
     bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--shard", "4/2"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def test_own_scans_folder_of_nifti_and_dicom(tmp_path, masks) -> None:
+    """--scans: NIfTI volumes and DICOM files in one folder; slices picked by load_ct_slices."""
+    import shutil
+
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.synthesis import volume_sources
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    volume = np.stack([phantom_slice("abdomen", seed=s, size=64) for s in range(3)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), scans / "patient1.nii.gz")
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), scans / "ct_small.dcm")
+    (scans / "notes.dcm").write_text("not a DICOM file")
+    sources = volume_sources(scans)
+    ids = [s.image_id for s in sources]
+    assert "ct_small/000" in ids and sum(i.startswith("patient1/") for i in ids) == 3
+    report = synthesize_dataset(sources, masks, tmp_path / "out", "test", CONFIG, mask_indices=[0], progress=False)
+    assert report.images_complete == 4 and not report.failures
