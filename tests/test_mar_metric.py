@@ -85,10 +85,10 @@ def ref_block_mean(image: np.ndarray) -> np.ndarray:
     return image.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
 
-def ref_scores(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    """PSNR/SSIM of the protocol for even-sized 416-class images (f = 2, exact 2×2 block means)."""
+def _ref_scores_of_quantized(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Independent PSNR/SSIM of two quantised images with the metal excluded (f = 2 block means)."""
     keep = 1.0 - mask
-    a, b = ref_quantize(pred) * keep, ref_quantize(gt) * keep
+    a, b = a * keep, b * keep
     psnr = 10 * math.log10(1.0 / np.mean((a - b) ** 2))
     ssim = structural_similarity(
         ref_block_mean(a),
@@ -99,6 +99,11 @@ def ref_scores(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[floa
         data_range=1.0,
     )
     return psnr, ssim
+
+
+def ref_scores(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """PSNR/SSIM of the protocol for even-sized 416-class images (f = 2, exact 2×2 block means)."""
+    return _ref_scores_of_quantized(ref_quantize(pred), ref_quantize(gt), mask)
 
 
 def ref_png_roundtrip(mu: np.ndarray) -> np.ndarray:
@@ -118,18 +123,7 @@ def ref_png_roundtrip(mu: np.ndarray) -> np.ndarray:
 
 
 def ref_png_scores(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-    keep = 1.0 - mask
-    a, b = ref_png_roundtrip(pred) * keep, ref_png_roundtrip(gt) * keep
-    psnr = 10 * math.log10(1.0 / np.mean((a - b) ** 2))
-    ssim = structural_similarity(
-        ref_block_mean(a),
-        ref_block_mean(b),
-        gaussian_weights=True,
-        sigma=1.5,
-        use_sample_covariance=False,
-        data_range=1.0,
-    )
-    return psnr, ssim
+    return _ref_scores_of_quantized(ref_png_roundtrip(pred), ref_png_roundtrip(gt), mask)
 
 
 # ---------------------------------------------------------------- fixtures
