@@ -30,7 +30,7 @@ def loss_terms(output: Any) -> dict[str, float]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """Newest checkpoint written by :func:`build_trainer` in ``directory`` (by iteration), or None."""
+    """Most recently written checkpoint of :func:`build_trainer` in ``directory`` (by file time), or None."""
     directory = Path(directory)
     found = sorted(directory.glob(f"{_CHECKPOINT_PREFIX}*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
     return found[-1] if found else None

@@ -8,15 +8,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["mu_to_hu", "plot_mar_examples", "DISPLAY_WINDOW_HU", "MU_WATER"]
+from eqmar.ct.physics import mu_to_hu
 
-MU_WATER = 0.192
+__all__ = ["mu_to_hu", "plot_mar_examples", "DISPLAY_WINDOW_HU"]
+
 DISPLAY_WINDOW_HU = (-175.0, 275.0)
-
-
-def mu_to_hu(mu: Any) -> np.ndarray:
-    """Attenuation at 70 keV (1/cm) to Hounsfield units, with µ_water = 0.192 /cm."""
-    return (np.asarray(mu, dtype=np.float32) - MU_WATER) / MU_WATER * 1000.0
 
 
 def _image(value: Any) -> np.ndarray:
