@@ -92,3 +92,37 @@ def test_run_arms_is_reproducible_with_random_transforms() -> None:
     first = run_arms(task, ["plain", "aug"], SETTINGS, seed=5, progress=False)["aug"].network.state_dict()
     second = run_arms(task, ["aug"], SETTINGS, seed=5, progress=False)["aug"].network.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_strict_arm_trains_the_strict_network_and_reports_zero_equivariance_error(tmp_path) -> None:
+    from eqmar.engines import TaskSpec, format_arm_table, format_equivariance_table, run_arms, write_results
+    from eqmar.networks import StrictRestorationNet
+
+    data = [{"image": torch.rand(1, 32, 32), "label": torch.rand(1, 32, 32)} for _ in range(4)]
+    loader = DataLoader(data, batch_size=2)
+    task = TaskSpec(
+        make_network=lambda: BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8, 16, 4)),
+        make_optimizer=lambda net: (torch.optim.Adam(net.parameters(), 1e-3), None),
+        loss_function=nn.MSELoss(), train_loader=loader, evaluate=lambda net: {"mse": 0.5}, max_epochs=1,
+        probe_loader=loader, make_strict_network=lambda: StrictRestorationNet(1, 1, fields=2, depth=3),
+    )
+    results = run_arms(task, ["plain", "strict"], SETTINGS, progress=False, output_dir=tmp_path)
+    assert isinstance(results["strict"].network, StrictRestorationNet)
+    assert results["strict"].iterations == 2  # plain batches: no rotated half
+    strict_report, plain_report = results["strict"].equivariance, results["plain"].equivariance
+    assert strict_report.layers and max(strict_report.layers.values()) < 1e-5 and strict_report.output < 1e-5
+    assert plain_report.output > 1e-3
+    table = format_arm_table({arm: r.metrics for arm, r in results.items()})
+    assert "| strict | 0.5000 |" in table
+    json_path, md_path = write_results(tmp_path, {"arms": list(results)}, [table, format_equivariance_table(results)])
+    assert json_path.exists() and "| strict | 3 | 0.0000 | 0.0000 |" in md_path.read_text()
+    assert (tmp_path / "strict" / "model.pt").exists()
+
+
+def test_strict_arm_needs_a_strict_network() -> None:
+    from eqmar.engines import TaskSpec, run_arms
+
+    task = TaskSpec(make_network=nn.Identity, make_optimizer=lambda n: (None, None), loss_function=nn.MSELoss(),
+                    train_loader=[], evaluate=lambda net: {}, max_epochs=1)
+    with pytest.raises(ValueError, match="make_strict_network"):
+        run_arms(task, ["strict"], SETTINGS, progress=False)

@@ -1,9 +1,10 @@
-"""Training workflows shared by every eqmar recipe: the three arms and a configured trainer."""
+"""Training workflows shared by every eqmar recipe: the arms, a configured trainer and the reports."""
 
 from __future__ import annotations
 
 from eqmar.engines.arms import ARMS, ArmComponents, EQRegSettings, build_arm
-from eqmar.engines.experiment import ArmResult, TaskSpec, run_arms
+from eqmar.engines.experiment import STRICT_ARM, ArmResult, TaskSpec, run_arms
+from eqmar.engines.report import arm_summary, format_arm_table, format_equivariance_table, plot_image_grid, write_results
 from eqmar.engines.trainer import build_trainer, latest_checkpoint, loss_terms
 
 __all__ = [
@@ -11,10 +12,16 @@ __all__ = [
     "ArmComponents",
     "ArmResult",
     "EQRegSettings",
+    "STRICT_ARM",
     "TaskSpec",
     "build_arm",
+    "arm_summary",
     "build_trainer",
+    "format_arm_table",
+    "format_equivariance_table",
     "latest_checkpoint",
     "loss_terms",
+    "plot_image_grid",
     "run_arms",
+    "write_results",
 ]

@@ -3,7 +3,9 @@
 A task supplies factories (network, optimizer/scheduler, loss), data loaders and an evaluation
 function; :func:`run_arms` trains one network per arm with :func:`~eqmar.engines.build_trainer`,
 evaluates it, measures its equivariance, saves its weights and collects everything in one
-:class:`ArmResult` per arm. Recipes stay thin: they only describe the task.
+:class:`ArmResult` per arm. Besides the three arms of :mod:`eqmar.engines.arms`, the ``"strict"`` arm
+trains the task's strictly equivariant network (``TaskSpec.make_strict_network``) on the plain batches:
+the hard-constraint baseline. Recipes stay thin: they only describe the task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from eqmar.engines.arms import EQRegSettings
 from eqmar.engines.trainer import build_trainer
 from eqmar.equivariance import EquivarianceReport, equivariance_report
 
-__all__ = ["TaskSpec", "ArmResult", "run_arms"]
+__all__ = ["STRICT_ARM", "TaskSpec", "ArmResult", "run_arms"]
+
+STRICT_ARM = "strict"
 
 logger = logging.getLogger("eqmar.experiment")
 
@@ -45,6 +49,8 @@ class TaskSpec:
         make_evaluator: ``(network) -> evaluator`` for validation during training (optional).
         val_interval: validation interval in epochs.
         save_network: ``(network, path)`` writing the trained weights (default: the state dict).
+        make_strict_network: ``() -> nn.Module``, the strictly equivariant baseline of the ``"strict"``
+            arm (e.g. :class:`~eqmar.networks.StrictRestorationNet`); its report probes its group convs.
     """
 
     make_network: Callable[[], nn.Module]
@@ -60,6 +66,7 @@ class TaskSpec:
     make_evaluator: Callable[[nn.Module], Any] | None = None
     val_interval: int = 1
     save_network: Callable[[nn.Module, Path], Any] | None = None
+    make_strict_network: Callable[[], nn.Module] | None = None
 
 
 @dataclass
@@ -92,7 +99,7 @@ def run_arms(
 
     Args:
         task: the task description.
-        arms: e.g. ``("plain", "aug", "eqreg")``.
+        arms: e.g. ``("plain", "aug", "eqreg", "strict")``.
         settings: rotation group and EQ-Reg settings.
         seed: seed for weights, data order and group-element draws (identical in every arm).
         device: training device.
@@ -104,18 +111,22 @@ def run_arms(
     from monai.data.utils import set_rnd
     from monai.utils import set_determinism
 
+    if STRICT_ARM in arms and task.make_strict_network is None:
+        raise ValueError("The 'strict' arm needs TaskSpec.make_strict_network.")
     results: dict[str, ArmResult] = {}
     for arm in arms:
+        strict = arm == STRICT_ARM
         set_determinism(seed=seed)
         # MONAI random transforms own their RandomState, which set_determinism does not touch:
         # without this, every arm (and every run) would see different random crops.
         set_rnd(getattr(task.train_loader, "dataset", task.train_loader), seed)
-        network = task.make_network().to(device)
+        network = (task.make_strict_network() if strict else task.make_network()).to(device)
         optimizer, scheduler = task.make_optimizer(network)
         arm_dir = Path(output_dir) / arm if output_dir is not None else None
         evaluator = task.make_evaluator(network) if task.make_evaluator else None
         trainer = build_trainer(
-            network, task.train_loader, optimizer, task.loss_function, task.max_epochs, arm=arm, settings=settings,
+            network, task.train_loader, optimizer, task.loss_function, task.max_epochs,
+            arm="plain" if strict else arm, settings=settings,
             prepare_batch=task.prepare_batch, image_keys=task.image_keys, device=device, output_dir=arm_dir,
             evaluator=evaluator, val_interval=task.val_interval,
             lr_scheduler=scheduler, checkpoint_interval=checkpoint_interval, resume=resume, progress=progress,
@@ -129,7 +140,7 @@ def run_arms(
         metrics = task.evaluate(network)
         report = None
         if task.probe_loader is not None:
-            layers = task.probe_layers if task.probe_layers is not None else settings.layers
+            layers = _probe_layers(task, settings, strict)
             report = equivariance_report(
                 network, task.probe_loader, layers=layers, group=settings.group,
                 image_keys=task.image_keys, prepare_batch=task.prepare_batch, device=device,
@@ -149,3 +160,12 @@ def run_arms(
         )
         logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
     return results
+
+
+def _probe_layers(task: TaskSpec, settings: EQRegSettings, strict: bool) -> Any:
+    """Layers the equivariance report measures: the group convs of a strict network, else the task's choice."""
+    if strict:
+        from eqmar.equivariance.gconv import GroupConv2d, GroupLiftingConv2d
+
+        return (GroupLiftingConv2d, GroupConv2d)
+    return task.probe_layers if task.probe_layers is not None else settings.layers

@@ -1,0 +1,170 @@
+"""What every recipe reports: the arm table, ``results.json``/``results.md`` and an example figure.
+
+Recipes score each arm (plain / aug / eqreg / strict) plus any input baseline with their task's
+metrics, then hand the numbers here so every task prints the same table layout and writes the same
+files: ``results.json`` (numbers, timings, equivariance) and ``results.md`` (the tables).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqmar.engines.experiment import ArmResult
+
+__all__ = ["format_arm_table", "format_equivariance_table", "arm_summary", "write_results", "plot_image_grid"]
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):.{digits}f}"
+
+
+def format_arm_table(
+    rows: Mapping[str, Mapping[str, float]],
+    columns: Sequence[str] | None = None,
+    digits: Mapping[str, int] | None = None,
+    first_header: str = "Method",
+) -> str:
+    """A Markdown table with one row per method (baselines and arms) and one column per metric.
+
+    Args:
+        rows: ``{method: {metric: value}}`` in display order.
+        columns: metrics to show (default: the keys of the first row).
+        digits: decimals per metric (default 4, or 2 for names containing "psnr").
+        first_header: header of the method column.
+    """
+    if not rows:
+        raise ValueError("format_arm_table: no rows.")
+    columns = list(columns) if columns is not None else list(next(iter(rows.values())))
+    digits = dict(digits or {})
+    places = {c: digits.get(c, 2 if "psnr" in c.lower() else 4) for c in columns}
+    lines = [
+        "| " + " | ".join([first_header, *columns]) + " |",
+        "|---|" + "|".join(":---:" for _ in columns) + "|",
+    ]
+    for name, values in rows.items():
+        lines.append("| " + " | ".join([name, *(_cell(values.get(c), places[c]) for c in columns)]) + " |")
+    return "\n".join(lines)
+
+
+def format_equivariance_table(results: Mapping[str, ArmResult]) -> str:
+    """Markdown table of each arm's mean layer error and output error (arms without a report are left out)."""
+    lines = [
+        "| arm | measured layers | mean relative layer error | output error |",
+        "|---|:---:|:---:|:---:|",
+    ]
+    for arm, result in results.items():
+        report = result.equivariance
+        if report is not None:
+            lines.append(f"| {arm} | {len(report.layers)} | {report.mean_layer_error:.4f} | {report.output:.4f} |")
+    return "\n".join(lines)
+
+
+def arm_summary(result: ArmResult) -> dict[str, Any]:
+    """JSON-ready summary of one arm: metrics, timings, final loss, weights and equivariance."""
+    return {
+        "metrics": result.metrics,
+        "train_seconds": result.train_seconds,
+        "iterations": result.iterations,
+        "final_loss": result.final_loss,
+        "weights": str(result.weights) if result.weights is not None else None,
+        "validation": result.validation,
+        "equivariance": result.equivariance.to_dict() if result.equivariance is not None else None,
+    }
+
+
+def write_results(output_dir: str | Path, payload: Mapping[str, Any], tables: Sequence[str]) -> tuple[Path, Path]:
+    """Write ``results.json`` (``payload``) and ``results.md`` (``tables``, blank-line separated).
+
+    Files are written to a temporary name and renamed, so an interrupted run never leaves half a file.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("results.json", json.dumps(payload, indent=2, default=_json_default)), ("results.md", "\n\n".join(tables) + "\n")):
+        path = out / name
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(path)
+        written.append(path)
+    return written[0], written[1]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"results.json: cannot serialise {type(value).__name__}")
+
+
+def _display_image(value: Any) -> np.ndarray:
+    """(H, W) or (H, W, 3) float array from a tensor/array shaped (H, W), (1|3, H, W) or (H, W, 3)."""
+    array = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value, dtype=np.float32)
+    array = np.squeeze(array)
+    if array.ndim == 3 and array.shape[0] == 3:
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"plot_image_grid: expected a 2-D grey or RGB image, got shape {array.shape}.")
+    return array
+
+
+def plot_image_grid(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    captions: Sequence[Mapping[str, str]] | None = None,
+    title: str | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    cmap: str = "gray",
+) -> Path:
+    """Write a PNG grid: one row per example, one column per method (input, each arm, ground truth).
+
+    Args:
+        rows: per example, ``{column name: image}``; grey (H, W)/(1, H, W) or RGB (3, H, W)/(H, W, 3).
+        path: output PNG.
+        captions: optional per-cell text (e.g. PSNR/SSIM) with the same keys.
+        title: figure title.
+        value_range: display range (RGB images are clipped to it and rescaled to [0, 1]).
+        cmap: colour map of grey images.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("plot_image_grid: no rows to plot.")
+    columns = list(rows[0])
+    low, high = value_range
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, name in enumerate(columns):
+            ax = axes[r][c]
+            image = _display_image(row[name])
+            if image.ndim == 3:
+                ax.imshow(np.clip((image - low) / (high - low), 0.0, 1.0))
+            else:
+                ax.imshow(image, cmap=cmap, vmin=low, vmax=high)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if captions is not None and name in captions[r]:
+                ax.set_xlabel(captions[r][name], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
