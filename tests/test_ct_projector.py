@@ -207,8 +207,8 @@ def test_input_validation_and_lifetime():
     p.close()  # idempotent
     with pytest.raises(RuntimeError, match="after close"):
         p.forward(np.zeros(GEOMETRY.image_shape))
-    with pytest.raises(NotImplementedError, match="arc"):
-        Projector(FanBeamGeometry.preset("adn"), device="cpu")
+    with pytest.raises(NotImplementedError, match="arc"):  # arc detectors: CPU only (tests/test_ct_arc.py)
+        Projector(FanBeamGeometry.preset("adn"), device="cuda")
     with pytest.raises(ValueError, match="cpu_backprojector"):
         Projector(GEOMETRY, device="cpu", cpu_backprojector="joseph")
     with pytest.raises(TypeError, match="geometry"):

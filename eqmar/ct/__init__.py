@@ -9,6 +9,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "ArcRampFilter",
     "FanBeamGeometry",
     "GEOMETRY_PRESETS",
     "Projector",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 _LOCATIONS = {
+    "ArcRampFilter": "arc",
     "FanBeamGeometry": "geometry",
     "GEOMETRY_PRESETS": "geometry",
     "Projector": "projector",

@@ -2,12 +2,21 @@
 
 For every pixel centre p and view, the ray from the source S through p meets the detector at a
 fractional bin; the sinogram is linearly interpolated there (zero outside the detector) and
-weighted by ``d_theta / L`` where ``L = (p - S).(D - S) / |D - S|^2`` is the pixel's distance from
-the source as a fraction of the source-detector distance (D: detector centre). This is the
-continuum adjoint of the fan-beam ray transform for ODL's weighted spaces, and it is what ASTRA's
-CUDA back-projector computes under ODL's ``astra_cuda`` back-end: ODL ``fbp_op`` reconstructions
-of the SynDeepLesion reference (made on a GPU) are reproduced to a mean absolute difference of
-about 1e-5 /cm, where ASTRA's CPU ray-driven adjoint differs by about 2e-3 /cm (1 dB PSNR).
+weighted by a power of the pixel's distance from the source.
+
+Flat detectors: the weight is ``d_theta / L`` where ``L = (p - S).(D - S) / |D - S|^2`` is the
+pixel's distance from the source as a fraction of the source-detector distance (D: detector
+centre). This is the continuum adjoint of the fan-beam ray transform for ODL's weighted spaces, and
+it is what ASTRA's CUDA back-projector computes under ODL's ``astra_cuda`` back-end: ODL ``fbp_op``
+reconstructions of the SynDeepLesion reference (made on a GPU) are reproduced to a mean absolute
+difference of about 1e-5 /cm, where ASTRA's CPU ray-driven adjoint differs by about 2e-3 /cm
+(1 dB PSNR).
+
+Arc (equi-angular) detectors: the bin is the fan angle ``gamma(p)`` of the ray through p and ``L``
+is the Euclidean source-pixel distance in cm. The weight ``d_theta / L`` gives the adjoint of the
+ray transform over ``d_theta d_gamma`` (a ray fan spreads as ``L d_gamma``); ``d_theta / L^2`` is
+the back-projection of equi-angular FBP (Kak & Slaney, ch. 3.4.2), which completes
+:class:`~eqmar.ct.arc.ArcRampFilter`.
 """
 
 from __future__ import annotations
@@ -20,12 +29,20 @@ import numpy as np
 
 from eqmar.ct.geometry import FanBeamGeometry
 
-__all__ = ["PixelDrivenBackprojector", "fan_flat_vectors"]
+__all__ = [
+    "PixelDrivenBackprojector",
+    "fan_flat_vectors",
+    "fan_view_frames",
+    "rotation_quarters",
+    "BACKPROJECTION_WEIGHTINGS",
+]
 
 # Keep the interpolation matrix when it needs at most this much memory (640geo: ~440 MB).
 _DEFAULT_CACHE_BYTES = 1 << 30
 # Views per chunk: bounds the (pixels x views) temporaries and the sparse matrix to ~50 MB at 416 px.
 _VIEWS_PER_CHUNK = 16
+#: ``"adjoint"``: weight 1/L (both detectors); ``"fbp"``: 1/L^2, the equi-angular FBP (arc only).
+BACKPROJECTION_WEIGHTINGS = ("adjoint", "fbp")
 
 
 def fan_flat_vectors(geometry: FanBeamGeometry) -> np.ndarray:
@@ -50,8 +67,35 @@ def fan_flat_vectors(geometry: FanBeamGeometry) -> np.ndarray:
     )
 
 
+def fan_view_frames(geometry: FanBeamGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-view source position and unit axes of the fan, for flat and arc detectors alike.
+
+    Returns:
+        ``(sources, central_axes, bin_axes)``, each ``(views, 2)`` float64: the source in cm, the
+        unit vector from the source through the rotation centre, and the unit vector along which
+        the bin index grows (the flat detector's bin step, :func:`fan_flat_vectors`). An arc bin
+        at fan angle ``gamma`` looks along ``cos(gamma) * central + sin(gamma) * bin_axis``, so
+        arc and flat bins of equal index lie on the same side of the central ray.
+    """
+    vectors = fan_flat_vectors(geometry)
+    sources, detector_centres, steps = vectors[:, 0:2], vectors[:, 2:4], vectors[:, 4:6]
+    central = detector_centres - sources
+    central /= np.linalg.norm(central, axis=1, keepdims=True)
+    bin_axes = steps / np.linalg.norm(steps, axis=1, keepdims=True)
+    return sources, central, bin_axes
+
+
+def rotation_quarters(geometry: FanBeamGeometry) -> int:
+    """4 when view ``v + V/4`` is view ``v`` turned by 90 degrees (``V`` a multiple of 4), else 1.
+
+    The centred square pixel grid maps onto itself under that turn, so a projector may compute a
+    quarter of the views and get the others by rotating images (``numpy.rot90``).
+    """
+    return 4 if geometry.num_views % 4 == 0 else 1
+
+
 class PixelDrivenBackprojector:
-    """Back-projection with linear detector interpolation and ``1/L`` fan weighting.
+    """Back-projection with linear detector interpolation and ``1/L`` (or ``1/L^2``) fan weighting.
 
     The operator is a sparse (pixels x detector samples) interpolation matrix. When the number of
     views is a multiple of 4, view ``v + V/4`` is view ``v`` rotated by 90 degrees and the square
@@ -62,9 +106,15 @@ class PixelDrivenBackprojector:
     sparse-dense product, several times faster than rebuilding it.
 
     Args:
-        geometry: a flat-detector fan-beam geometry.
+        geometry: a flat- or arc-detector fan-beam geometry.
         views_per_chunk: views per sparse block (bounds the temporaries while building).
         max_cache_bytes: keep the matrix when it needs at most this many bytes (0: never).
+        weighting: ``"adjoint"`` (``1/L``: the adjoint of the ray transform, which completes ODL's
+            filter for flat detectors) or ``"fbp"`` (``1/L^2`` with ``L`` in cm: the back-projection
+            of equi-angular FBP; arc detectors only).
+
+    Raises:
+        ValueError: for an unknown ``weighting``, or ``"fbp"`` with a flat detector.
     """
 
     def __init__(
@@ -72,29 +122,31 @@ class PixelDrivenBackprojector:
         geometry: FanBeamGeometry,
         views_per_chunk: int = _VIEWS_PER_CHUNK,
         max_cache_bytes: int = _DEFAULT_CACHE_BYTES,
+        weighting: str = "adjoint",
     ) -> None:
-        if geometry.detector != "flat":
-            raise NotImplementedError("PixelDrivenBackprojector: only flat detectors are supported")
+        if weighting not in BACKPROJECTION_WEIGHTINGS:
+            raise ValueError(
+                f"PixelDrivenBackprojector: weighting must be one of {BACKPROJECTION_WEIGHTINGS}, got {weighting!r}"
+            )
+        if weighting == "fbp" and geometry.detector != "arc":
+            raise ValueError(
+                "PixelDrivenBackprojector: weighting='fbp' is the equi-angular (arc) FBP weighting; "
+                "flat-detector FBP uses ODL's filter followed by the 'adjoint' back-projection"
+            )
         self.geometry = geometry
+        self.weighting = weighting
         self.views_per_chunk = max(1, int(views_per_chunk))
-        self.quarters = 4 if geometry.num_views % 4 == 0 else 1
-        vec = fan_flat_vectors(geometry)[: geometry.num_views // self.quarters]
-        src, det, step = vec[:, 0:2], vec[:, 2:4], vec[:, 4:6]
-        axis = det - src
-        # The detector coordinate t = cross(axis, p - S) / cross(p - S, u) and the source distance
-        # L = (p - S).axis / |axis|^2 are ratios/affine maps of the pixel position: store the
-        # affine coefficients (c_x, c_y, c_0) of numerator, denominator and L per view.
-        numerator = np.stack([-axis[:, 1], axis[:, 0], axis[:, 1] * src[:, 0] - axis[:, 0] * src[:, 1]], axis=1)
-        denominator = np.stack([step[:, 1], -step[:, 0], -step[:, 1] * src[:, 0] + step[:, 0] * src[:, 1]], axis=1)
-        norm2 = (axis**2).sum(axis=1, keepdims=True)
-        distance = np.stack([axis[:, 0], axis[:, 1], -(axis * src).sum(axis=1)], axis=1) / norm2
-        coefficients = np.stack([numerator, denominator, distance], axis=1)  # (views, 3 maps, 3 coefficients)
+        self.quarters = rotation_quarters(geometry)
+        quarter_views = geometry.num_views // self.quarters
+        if geometry.detector == "flat":
+            coefficients = _flat_coefficients(fan_flat_vectors(geometry)[:quarter_views])
+        else:
+            coefficients = _arc_coefficients(*(frame[:quarter_views] for frame in fan_view_frames(geometry)))
         self._coefficients = coefficients.astype(np.float32)
         centres = (np.arange(geometry.image_size) - geometry.image_size / 2.0 + 0.5) * geometry.pixel_size_cm
         x, y = np.meshgrid(centres, -centres)  # row 0 = top (largest y)
         homogeneous = np.stack([x.ravel(), y.ravel(), np.ones(x.size)], axis=1).astype(np.float32)
         self._pixels = homogeneous  # (pixels, 3): each affine map of all pixels is one GEMM
-        quarter_views = coefficients.shape[0]
         self.matrix_bytes = geometry.image_size**2 * quarter_views * 2 * 8  # float32 weight + int32 column
         self._cache_enabled = self.matrix_bytes <= max_cache_bytes
         self._blocks: list[Any] | None = None
@@ -161,15 +213,10 @@ class PixelDrivenBackprojector:
         g = self.geometry
         row_length = g.num_det + 3
         views = stop - start
-        coefficients = self._coefficients[start:stop]
-        # pixel-major (pixels, views) maps, so that each sparse row's entries are contiguous
-        numerator, denominator, distance = (self._pixels @ coefficients[:, k, :].T for k in range(3))
-        position = np.divide(numerator, denominator, out=numerator)
-        position += (g.num_det - 1) / 2.0
+        position, weight = self._sampling(self._coefficients[start:stop])
         np.clip(position, -1.0, float(g.num_det), out=position)
         lower = np.floor(position)
         upper_weight = np.subtract(position, lower, out=position)  # the fraction ...
-        weight = np.reciprocal(distance, out=distance)
         upper_weight *= weight  # ... times the fan weight
         lower_weight = np.subtract(weight, upper_weight, out=weight)
         index = lower.astype(np.int32)
@@ -179,3 +226,62 @@ class PixelDrivenBackprojector:
         row_starts = np.arange(0, columns.size + 1, 2 * views, dtype=np.int32)
         num_rows = self._coefficients.shape[0] * row_length
         return csr_matrix((weights, columns, row_starts), shape=(index.shape[0], num_rows))
+
+    def _sampling(self, coefficients: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fractional bin index (0 = first bin centre) and fan weight, ``(pixels, views)`` each.
+
+        Pixel-major maps keep each sparse row's entries contiguous.
+        """
+        g = self.geometry
+        maps = [self._pixels @ coefficients[:, k, :].T for k in range(coefficients.shape[1])]
+        if g.detector == "flat":
+            numerator, denominator, distance = maps
+            position = np.divide(numerator, denominator, out=numerator)
+            weight = np.reciprocal(distance, out=distance)
+        else:
+            along_bins, along_axis = maps
+            position = np.arctan2(along_bins, along_axis)
+            position /= np.float32(g.det_spacing)  # fan angle in bins
+            squared_distance = np.square(along_bins, out=along_bins)
+            squared_distance += np.square(along_axis, out=along_axis)
+            if self.weighting == "fbp":
+                weight = np.reciprocal(squared_distance, out=squared_distance)
+            else:
+                weight = np.reciprocal(np.sqrt(squared_distance, out=squared_distance), out=squared_distance)
+        position += (g.num_det - 1) / 2.0
+        return position, weight
+
+
+def _flat_coefficients(vectors: np.ndarray) -> np.ndarray:
+    """Affine maps of the pixel position that give a flat detector's bin and source distance.
+
+    The detector coordinate t = cross(axis, p - S) / cross(p - S, u) and the source distance
+    L = (p - S).axis / |axis|^2 are ratios/affine maps of the pixel position: store the affine
+    coefficients (c_x, c_y, c_0) of numerator, denominator and L per view.
+
+    Returns:
+        ``(views, 3 maps, 3 coefficients)`` float64.
+    """
+    src, det, step = vectors[:, 0:2], vectors[:, 2:4], vectors[:, 4:6]
+    axis = det - src
+    numerator = np.stack([-axis[:, 1], axis[:, 0], axis[:, 1] * src[:, 0] - axis[:, 0] * src[:, 1]], axis=1)
+    denominator = np.stack([step[:, 1], -step[:, 0], -step[:, 1] * src[:, 0] + step[:, 0] * src[:, 1]], axis=1)
+    norm2 = (axis**2).sum(axis=1, keepdims=True)
+    distance = np.stack([axis[:, 0], axis[:, 1], -(axis * src).sum(axis=1)], axis=1) / norm2
+    return np.stack([numerator, denominator, distance], axis=1)
+
+
+def _arc_coefficients(sources: np.ndarray, central: np.ndarray, bin_axes: np.ndarray) -> np.ndarray:
+    """Affine maps of the pixel position giving the components of ``p - S`` in the fan's frame.
+
+    The fan angle is ``atan2(along_bins, along_axis)`` and the source distance their norm (cm):
+    one GEMM per map, and the nonlinear part only on the resulting (pixels, views) arrays.
+
+    Returns:
+        ``(views, 2 maps, 3 coefficients)`` float64: (along the bin axis, along the central axis).
+    """
+
+    def component(unit: np.ndarray) -> np.ndarray:
+        return np.concatenate([unit, -(unit * sources).sum(axis=1, keepdims=True)], axis=1)
+
+    return np.stack([component(bin_axes), component(central)], axis=1)
