@@ -17,18 +17,44 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from _timing import alternate, per_round_ratios, quartiles
 from eqmar.equivariance import EQReg, convs_divisible_by, pair_batch
 
+__all__ = ["STEP_ARMS", "TrainingSetup", "build_backbone", "mar_input", "training_setup", "train_step", "main"]
 
-def build_backbone(name: str, size: int, stages: int) -> tuple[nn.Module, Callable[[int], torch.Tensor], nn.Module, object]:
+#: The training arms of :data:`eqmar.engines.ARMS` that :func:`train_step` implements.
+STEP_ARMS = ("plain", "aug", "eqreg")
+
+
+def mar_input(batch: int, size: int) -> torch.Tensor:
+    """A ``(batch, 3, size, size)`` MAR input ``[ma, LI, 1 - mask]`` with random images and no metal.
+
+    Convolution cost does not depend on the values, so random images time the same as real ones.
+    """
+    x = torch.rand(batch, 3, size, size)
+    x[:, 2] = 1.0
+    return x
+
+
+def build_backbone(
+    name: str, size: int, stages: int, **network_kwargs: Any
+) -> tuple[nn.Module, Callable[[int], torch.Tensor], nn.Module, object]:
     """Return (network, input factory, loss, regularised layers) for a backbone name.
 
     The unrolled MAR backbones regularise the published layers: every conv of X-net and M-net for
     DICDNet, X-net only for ACDNet (its M-net is 6 channels wide).
+
+    Args:
+        name: "basicunet", "dicdnet" or "acdnet".
+        size: patch size of the inputs the factory makes.
+        stages: unrolled stages of DICDNet/ACDNet.
+        network_kwargs: further DICDNet/ACDNet constructor arguments (widths, ResBlocks).
     """
     if name == "basicunet":
         from monai.networks.nets import BasicUNet
@@ -38,15 +64,9 @@ def build_backbone(name: str, size: int, stages: int) -> tuple[nn.Module, Callab
     if name in ("dicdnet", "acdnet"):
         from eqmar import networks
 
-        net = getattr(networks, "DICDNet" if name == "dicdnet" else "ACDNet")(num_stages=stages)
+        net = getattr(networks, "DICDNet" if name == "dicdnet" else "ACDNet")(num_stages=stages, **network_kwargs)
         which = ("x_net", "m_net") if name == "dicdnet" else ("x_net",)
-
-        def make(b: int) -> torch.Tensor:
-            x = torch.rand(b, 3, size, size)
-            x[:, 2] = 1.0
-            return x
-
-        return net, make, _FinalImageMSE(), networks.proximal_conv_names(net, which=which)
+        return net, lambda b: mar_input(b, size), _FinalImageMSE(), networks.proximal_conv_names(net, which=which)
     raise ValueError(f"unknown backbone {name!r}")
 
 
@@ -56,19 +76,56 @@ class _FinalImageMSE(nn.Module):
         return nn.functional.mse_loss(image, target)
 
 
-def _step(net: nn.Module, opt: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor,
-          eqreg: EQReg | None, n: int) -> float:
-    start = time.perf_counter()
-    opt.zero_grad(set_to_none=True)
-    if eqreg is not None:
-        xx, yy = eqreg.pair((x, y), n)
+@dataclass
+class TrainingSetup:
+    """A network in training mode with its optimiser, loss, input factory and (unhooked-on-demand) EQ-Reg."""
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    loss_fn: nn.Module
+    make_input: Callable[[int], torch.Tensor]
+    eqreg: EQReg
+
+
+def training_setup(backbone: str, size: int, stages: int, **network_kwargs: Any) -> TrainingSetup:
+    """Seeded :class:`TrainingSetup` for :func:`build_backbone`'s arguments (Adam, lr 1e-4, λ = 1e-8)."""
+    torch.manual_seed(0)
+    net, make_input, loss_fn, layers = build_backbone(backbone, size, stages, **network_kwargs)
+    net.train()
+    eqreg = EQReg(net, layers=layers, weight=1e-8, elements=[1, 2, 3])
+    return TrainingSetup(net, torch.optim.Adam(net.parameters(), 1e-4), loss_fn, make_input, eqreg)
+
+
+def train_step(setup: TrainingSetup, x: torch.Tensor, y: torch.Tensor, arm: str, n: int) -> float:
+    """One timed training step of one of :data:`STEP_ARMS`; returns its seconds.
+
+    Args:
+        setup: the network and its training parts.
+        x: input batch.
+        y: target batch.
+        arm: "plain" (``x`` as it is), "aug" (the paired batch ``[x ; rot90(x, n)]``, no term) or
+            "eqreg" (the paired batch plus the EQ-Reg term).
+        n: rotation element of the paired arms.
+    """
+    eqreg = setup.eqreg
+    # hooks are switched off the clock: in training they stay registered for the whole run
+    if arm == "eqreg":
+        eqreg.register_hooks()
     else:
-        xx, yy = pair_batch((x, y), "C4", n)
-    loss = loss_fn(net(xx), yy)
-    if eqreg is not None:
+        eqreg.remove_hooks()
+    start = time.perf_counter()
+    setup.opt.zero_grad(set_to_none=True)
+    if arm == "eqreg":
+        x, y = eqreg.pair((x, y), n)
+    elif arm == "aug":
+        x, y = pair_batch((x, y), "C4", n)
+    elif arm != "plain":
+        raise ValueError(f"unknown arm {arm!r}")
+    loss = setup.loss_fn(setup.net(x), y)
+    if arm == "eqreg":
         loss = loss + eqreg.weight * eqreg.pop_term()
     loss.backward()
-    opt.step()
+    setup.opt.step()
     return time.perf_counter() - start
 
 
@@ -84,29 +141,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    net, make_input, loss_fn, layers = build_backbone(args.backbone, args.size, args.stages)
-    net.train()
-    eqreg = EQReg(net, layers=layers, weight=1e-8, elements=[1, 2, 3])
-    opt = torch.optim.Adam(net.parameters(), 1e-4)
-    x, y = make_input(args.batch), torch.rand(args.batch, 1, args.size, args.size)
-    ratios, plain_times, eq_times = [], [], []
-    for i in range(args.warmup + args.steps):
-        n = 1 + i % 3
-        eqreg.remove_hooks()
-        t_plain = _step(net, opt, loss_fn, x, y, None, n)
-        eqreg.register_hooks()
-        t_eq = _step(net, opt, loss_fn, x, y, eqreg, n)
-        if i >= args.warmup:
-            plain_times.append(t_plain)
-            eq_times.append(t_eq)
-            ratios.append(t_eq / t_plain)
+    setup = training_setup(args.backbone, args.size, args.stages)
+    x, y = setup.make_input(args.batch), torch.rand(args.batch, 1, args.size, args.size)
+    times = alternate(
+        {arm: lambda i, arm=arm: train_step(setup, x, y, arm, 1 + i % 3) for arm in ("aug", "eqreg")},
+        args.steps,
+        args.warmup,
+    )
+    plain_times, eq_times = times["aug"], times["eqreg"]
+    ratios = per_round_ratios(eq_times, plain_times)
+    q1, _, q3 = quartiles(ratios)
     print(f"backbone={args.backbone} batch={args.batch}+{args.batch} size={args.size} "
-          f"regularised layers={len(eqreg.layers)} threads={torch.get_num_threads()}")
+          f"regularised layers={len(setup.eqreg.layers)} threads={torch.get_num_threads()}")
     print(f"median step without term: {statistics.median(plain_times) * 1e3:.1f} ms")
     print(f"median step with EQ-Reg:  {statistics.median(eq_times) * 1e3:.1f} ms")
     print(f"median ratio (EQ-Reg / doubled batch without term): {statistics.median(ratios):.3f}x "
-          f"(IQR {statistics.quantiles(ratios, n=4)[0]:.3f}-{statistics.quantiles(ratios, n=4)[2]:.3f})")
+          f"(IQR {q1:.3f}-{q3:.3f})")
 
 
 if __name__ == "__main__":

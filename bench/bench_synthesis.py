@@ -13,21 +13,20 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import time
-from collections.abc import Callable
 
 import numpy as np
 
+from _timing import measure, median_seconds, write_json
 from eqmar.ct.geometry import FanBeamGeometry
 from eqmar.ct.simulator import SynDeepLesionSimulator
 
-__all__ = ["main"]
+__all__ = ["ct_slice_hu", "metal_mask", "scaling_row", "main"]
 
 
-def _ct_slice_hu() -> np.ndarray:
+def ct_slice_hu() -> np.ndarray:
+    """pydicom's ``CT_small.dcm`` test slice (128 x 128) in HU."""
     import pydicom
     from pydicom.data import get_testdata_file
 
@@ -35,19 +34,11 @@ def _ct_slice_hu() -> np.ndarray:
     return ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
-def _metal_mask(size: int = 512) -> np.ndarray:
+def metal_mask(size: int = 512) -> np.ndarray:
+    """A 9 mm round metal insert (uint8, 1 = metal) on a DeepLesion-sized grid of ``size`` pixels."""
     yy, xx = np.mgrid[:size, :size]
     radius = 0.45 / 0.03  # 0.45 cm at DeepLesion's 0.03 cm pixels
     return (((xx - 0.42 * size) ** 2 + (yy - 0.58 * size) ** 2) < radius**2).astype(np.uint8)
-
-
-def _median_seconds(task: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        task()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int) -> dict[str, float]:
@@ -55,13 +46,13 @@ def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int) -> 
     sim = SynDeepLesionSimulator("640geo", device="cpu")
     init = time.perf_counter() - start
     rng = np.random.default_rng(seed)
-    prepare_image = _median_seconds(lambda: sim.prepare_image(hu), max(1, repeats // 2))
-    prepare_mask = _median_seconds(lambda: sim.prepare_mask(mask), max(1, repeats // 2))
+    prepare_image = median_seconds(lambda: sim.prepare_image(hu), max(1, repeats // 2))
+    prepare_mask = median_seconds(lambda: sim.prepare_mask(mask), max(1, repeats // 2))
     img, prepared_mask = sim.prepare_image(hu), sim.prepare_mask(mask)
     sim.simulate_pair(img, prepared_mask, rng)  # warm-up
-    cached = _median_seconds(lambda: sim.simulate_pair(img, prepared_mask, rng), repeats)
-    clean = _median_seconds(lambda: sim.simulate_clean(img, rng), max(1, repeats // 2))
-    naive = _median_seconds(
+    cached = median_seconds(lambda: sim.simulate_pair(img, prepared_mask, rng), repeats)
+    clean = median_seconds(lambda: sim.simulate_clean(img, rng), max(1, repeats // 2))
+    naive = median_seconds(
         lambda: sim.simulate_pair(sim.prepare_image(hu), sim.prepare_mask(mask), rng), max(1, repeats // 2)
     )
     sim.close()
@@ -76,19 +67,41 @@ def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int) -> 
     }
 
 
+def scaling_row(
+    hu: np.ndarray, mask: np.ndarray, size: int, num_views: int, repeats: int, seed: int, one_off: bool = False
+) -> dict[str, float | int]:
+    """Median seconds per cached pair at 640geo scaled to ``size`` pixels and ``num_views`` views.
+
+    Args:
+        hu: clean HU image (any square size; the simulator resizes it).
+        mask: metal mask (any square size).
+        size: image size.
+        num_views: number of views (detector bins scale with the image size).
+        repeats: timed pairs (after one warm-up pair).
+        seed: noise seed.
+        one_off: also time what is paid once: simulator set-up (``init_s``), ``prepare_image_s``,
+            ``prepare_mask_s`` (single calls) and the warm-up pair (``first_pair_s``, which builds
+            the back-projection matrix on the CPU).
+
+    Returns:
+        ``image_size``, ``views``, ``bins``, ``cached_pair_s`` (and the one-off keys if asked for).
+    """
+    geometry = FanBeamGeometry.preset("640geo").scaled(size, num_views)
+    row: dict[str, float | int] = {"image_size": size, "views": num_views, "bins": geometry.num_det}
+    simulator, init = measure(lambda: SynDeepLesionSimulator(geometry, device="cpu"))
+    with simulator as sim:
+        rng = np.random.default_rng(seed)
+        img, prepare_image = measure(lambda: sim.prepare_image(hu))
+        prepared_mask, prepare_mask = measure(lambda: sim.prepare_mask(mask))
+        _, first_pair = measure(lambda: sim.simulate_pair(img, prepared_mask, rng))
+        row["cached_pair_s"] = median_seconds(lambda: sim.simulate_pair(img, prepared_mask, rng), repeats)
+    if one_off:
+        row.update(init_s=init, prepare_image_s=prepare_image, prepare_mask_s=prepare_mask, first_pair_s=first_pair)
+    return row
+
+
 def _bench_scaling(hu: np.ndarray, mask: np.ndarray, sizes: list[int], views: list[int], repeats: int, seed: int) -> list[dict]:
-    base = FanBeamGeometry.preset("640geo")
-    rows = []
-    for size in sizes:
-        for num_views in views:
-            geometry = base.scaled(size, num_views)
-            with SynDeepLesionSimulator(geometry, device="cpu") as sim:
-                rng = np.random.default_rng(seed)
-                img, prepared_mask = sim.prepare_image(hu), sim.prepare_mask(mask)
-                sim.simulate_pair(img, prepared_mask, rng)
-                seconds = _median_seconds(lambda: sim.simulate_pair(img, prepared_mask, rng), repeats)
-            rows.append({"image_size": size, "views": num_views, "bins": geometry.num_det, "cached_pair_s": seconds})
-    return rows
+    return [scaling_row(hu, mask, size, num_views, repeats, seed) for size in sizes for num_views in views]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -104,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
 
-    hu, mask = _ct_slice_hu(), _metal_mask()
+    hu, mask = ct_slice_hu(), metal_mask()
     results: dict = {"cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
     if not args.skip_640geo:
         r = _bench_640geo(hu, mask, args.repeats, args.seed)
@@ -126,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{results['load_average_before']:.2f}/{results['load_average_after']:.2f}"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return results
 
 
