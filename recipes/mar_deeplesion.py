@@ -15,6 +15,8 @@ validation, every test image with the 10 test masks, lambda = 1e-8 on every conv
 Examples:
   python recipes/mar_deeplesion.py
   python recipes/mar_deeplesion.py --data /data/SynDeepLesion --arm eqreg --epochs 200 --resume
+  python recipes/mar_deeplesion.py --data /data/SynDeepLesion --nproc 4      # 4 GPUs, global batch 16
+  torchrun --nproc-per-node 4 recipes/mar_deeplesion.py --data /data/SynDeepLesion
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from eqmar.engines.distributed import add_distributed_arguments, launch
 from eqmar.utils import parse_index_ranges
+
+if TYPE_CHECKING:
+    from eqmar.apps.mar import MARExperimentConfig
 
 OVERRIDES = {
     "backbone": "backbone",
@@ -78,13 +85,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-interval", type=int, help="checkpoint every N iterations")
     p.add_argument("--resume", action="store_true", help="continue each arm from its newest checkpoint")
     p.add_argument("--no-progress", action="store_true")
-    return p
+    return add_distributed_arguments(p)
+
+
+def _train(local_rank: int, cfg: MARExperimentConfig) -> dict[str, Any]:
+    """One process of the experiment (every rank runs it; rank 0 writes the files)."""
+    from eqmar.apps.mar import run_mar_experiment
+
+    return run_mar_experiment(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from eqmar.apps.mar import MARExperimentConfig, run_mar_experiment
+    from eqmar.apps.mar import MARExperimentConfig
 
     overrides = {field: getattr(args, flag) for flag, field in OVERRIDES.items() if getattr(args, flag) is not None}
     overrides.update(output_dir=args.out, resume=args.resume, progress=not args.no_progress)
@@ -108,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = MARExperimentConfig.demo_default(**overrides)
     try:
-        results = run_mar_experiment(cfg)
+        results = launch(_train, args.nproc, args.backend, cfg)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if results is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print()
     print(results["table"])
     print(f"\nresults: {cfg.output_dir / 'results.json'}, figures: {cfg.output_dir / 'examples.png'}, "

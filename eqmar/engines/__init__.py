@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from eqmar.engines.arms import ARMS, ArmComponents, EQRegSettings, build_arm
+from eqmar.engines.distributed import (
+    ShardedSampler,
+    add_distributed_arguments,
+    is_main_process,
+    launch,
+    main_process_first,
+    shard_loader,
+)
 from eqmar.engines.experiment import STRICT_ARM, ArmResult, TaskSpec, run_arms
 from eqmar.engines.report import arm_summary, format_arm_table, format_equivariance_table, plot_image_grid, write_results
 from eqmar.engines.trainer import build_trainer, latest_checkpoint, loss_terms
@@ -13,15 +21,21 @@ __all__ = [
     "ArmResult",
     "EQRegSettings",
     "STRICT_ARM",
+    "ShardedSampler",
     "TaskSpec",
+    "add_distributed_arguments",
     "build_arm",
     "arm_summary",
     "build_trainer",
     "format_arm_table",
     "format_equivariance_table",
+    "is_main_process",
     "latest_checkpoint",
+    "launch",
     "loss_terms",
+    "main_process_first",
     "plot_image_grid",
     "run_arms",
+    "shard_loader",
     "write_results",
 ]

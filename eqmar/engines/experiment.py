@@ -6,6 +6,10 @@ evaluates it, measures its equivariance, saves its weights and collects everythi
 :class:`ArmResult` per arm. Besides the three arms of :mod:`eqmar.engines.arms`, the ``"strict"`` arm
 trains the task's strictly equivariant network (``TaskSpec.make_strict_network``) on the plain batches:
 the hard-constraint baseline. Recipes stay thin: they only describe the task.
+
+Under ``torchrun`` or :func:`~eqmar.engines.distributed.launch` with several processes, every rank
+calls :func:`run_arms` alike: training is data-parallel, every rank evaluates and returns the same
+results, and rank 0 alone writes the files.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from eqmar.engines.arms import EQRegSettings
+from eqmar.engines.distributed import average_over_ranks, barrier, is_main_process, rank_device
 from eqmar.engines.trainer import build_trainer
 from eqmar.equivariance import EquivarianceReport, equivariance_report
 
@@ -39,7 +44,8 @@ class TaskSpec:
         make_network: ``() -> nn.Module``, called after seeding, once per arm.
         make_optimizer: ``(network) -> (optimizer, lr_scheduler or None)``.
         loss_function: task loss.
-        train_loader: training loader (the same for every arm).
+        train_loader: training loader (the same for every arm); its batch size is the global batch,
+            split over the ranks in a distributed run.
         evaluate: ``(network) -> dict`` of test results for a trained network (in eval mode).
         max_epochs: training epochs.
         prepare_batch: the task's ``prepare_batch`` (applied after pairing).
@@ -102,17 +108,21 @@ def run_arms(
         arms: e.g. ``("plain", "aug", "eqreg", "strict")``.
         settings: rotation group and EQ-Reg settings.
         seed: seed for weights, data order and group-element draws (identical in every arm).
-        device: training device.
-        output_dir: per-arm checkpoints, logs and ``<arm>/model.pt`` go to ``output_dir/<arm>``.
+        device: training device (``cuda`` means this rank's GPU in a distributed run).
+        output_dir: per-arm checkpoints, logs and ``<arm>/model.pt`` go to ``output_dir/<arm>`` (rank 0 writes).
         resume: continue each arm from its newest checkpoint.
         checkpoint_interval: checkpoint every this many iterations.
         progress: progress bars.
+
+    Returns:
+        One :class:`ArmResult` per arm, on every rank; ``final_loss`` is averaged over the ranks.
     """
     from monai.data.utils import set_rnd
     from monai.utils import set_determinism
 
     if STRICT_ARM in arms and task.make_strict_network is None:
         raise ValueError("The 'strict' arm needs TaskSpec.make_strict_network.")
+    device = rank_device(device)
     results: dict[str, ArmResult] = {}
     for arm in arms:
         strict = arm == STRICT_ARM
@@ -145,21 +155,31 @@ def run_arms(
                 network, task.probe_loader, layers=layers, group=settings.group,
                 image_keys=task.image_keys, prepare_batch=task.prepare_batch, device=device,
             )
-        weights = None
-        if arm_dir is not None:
-            weights = arm_dir / "model.pt"
-            if task.save_network is not None:
-                task.save_network(network, weights)
-            else:
-                torch.save(network.state_dict(), weights)
+        weights = _save_weights(task, network, arm_dir)
         output = trainer.state.output
         final_loss = float(output[0]["loss"]) if isinstance(output, list) and output else float("nan")
+        final_loss = average_over_ranks(final_loss)
         validation = {k: float(v) for k, v in evaluator.state.metrics.items()} if evaluator is not None else {}
         results[arm] = ArmResult(
             arm, metrics, report, seconds, trainer.state.iteration, final_loss, weights, validation, network
         )
-        logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
+        if is_main_process():
+            logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
     return results
+
+
+def _save_weights(task: TaskSpec, network: nn.Module, arm_dir: Path | None) -> Path | None:
+    """Write ``arm_dir/model.pt`` on rank 0; every rank returns its path once it exists."""
+    if arm_dir is None:
+        return None
+    weights = arm_dir / "model.pt"
+    if is_main_process():
+        if task.save_network is not None:
+            task.save_network(network, weights)
+        else:
+            torch.save(network.state_dict(), weights)
+    barrier()
+    return weights
 
 
 def _probe_layers(task: TaskSpec, settings: EQRegSettings, strict: bool) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from eqmar.engines.distributed import is_main_process
 from eqmar.engines.experiment import ArmResult
 
 __all__ = ["format_arm_table", "format_equivariance_table", "arm_summary", "write_results", "plot_image_grid"]
@@ -84,8 +85,11 @@ def write_results(output_dir: str | Path, payload: Mapping[str, Any], tables: Se
     """Write ``results.json`` (``payload``) and ``results.md`` (``tables``, blank-line separated).
 
     Files are written to a temporary name and renamed, so an interrupted run never leaves half a file.
+    In a distributed run only rank 0 writes; every rank gets the paths.
     """
     out = Path(output_dir)
+    if not is_main_process():
+        return out / "results.json", out / "results.md"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in (("results.json", json.dumps(payload, indent=2, default=_json_default)), ("results.md", "\n\n".join(tables) + "\n")):
@@ -135,7 +139,11 @@ def plot_image_grid(
         title: figure title.
         value_range: display range (RGB images are clipped to it and rescaled to [0, 1]).
         cmap: colour map of grey images.
+
+    In a distributed run only rank 0 draws and writes; every rank gets the path.
     """
+    if not is_main_process():
+        return Path(path)
     import matplotlib
 
     matplotlib.use("Agg", force=False)

@@ -4,6 +4,10 @@ Every recipe (MAR, deraining, inpainting, classification) builds its trainer her
 one behaviour: a progress bar, stats and TensorBoard logging of the loss and the EQ-Reg term,
 checkpoints every ``checkpoint_interval`` iterations and at the end (and when an exception stops
 the run), and ``resume=True`` continuing from the newest checkpoint at the right iteration.
+
+In a distributed run (see :mod:`eqmar.engines.distributed`) the same call trains data-parallel: the
+network is wrapped in ``DistributedDataParallel``, the loader is sharded (its batch size is the global
+batch), and only rank 0 writes checkpoints, logs and progress; every rank resumes from the same file.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from torch import nn
 
 from eqmar.engines.arms import EQRegSettings, build_arm
+from eqmar.engines.distributed import is_main_process, rank_device, shard_loader, wrap_network
+from eqmar.equivariance import unwrap_network
 
 __all__ = ["build_trainer", "latest_checkpoint", "loss_terms"]
 
@@ -62,8 +68,9 @@ def build_trainer(
     """Build a ``SupervisedTrainer`` for one training arm.
 
     Args:
-        network: the network.
-        train_loader: training data loader.
+        network: the network (wrapped in ``DistributedDataParallel`` here in a distributed run).
+        train_loader: training data loader; in a distributed run its batch size is the global batch,
+            split over the ranks (see :func:`~eqmar.engines.distributed.shard_loader`).
         optimizer: optimizer.
         loss_function: task loss ``loss(pred, label)``.
         max_epochs: epochs to train.
@@ -71,8 +78,8 @@ def build_trainer(
         settings: rotation and EQ-Reg settings.
         prepare_batch: the task's ``prepare_batch`` (applied after pairing).
         image_keys: dict-batch keys rotated together.
-        device: training device.
-        output_dir: where checkpoints and TensorBoard logs go (none written when None).
+        device: training device (``cuda`` means this rank's GPU in a distributed run).
+        output_dir: where checkpoints and TensorBoard logs go (none written when None; rank 0 writes).
         evaluator: a MONAI evaluator run every ``val_interval`` epochs.
         val_interval: validation interval in epochs.
         lr_scheduler: a torch LR scheduler stepped every epoch.
@@ -80,7 +87,7 @@ def build_trainer(
         resume: continue from the newest checkpoint in ``output_dir/checkpoints`` if there is one.
         progress: show a progress bar.
         tensorboard: write TensorBoard logs to ``output_dir/tensorboard``.
-        seed: seed of the group-element draws.
+        seed: seed of the group-element draws (the same on every rank) and of the sharded data order.
         amp: automatic mixed precision (CUDA).
         extra_handlers: more handlers to attach.
 
@@ -90,14 +97,20 @@ def build_trainer(
     from monai.engines import SupervisedTrainer
     from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler, StatsHandler, ValidationHandler
 
-    components = build_arm(arm, network, settings, prepare_batch, image_keys, seed)
+    device = rank_device(device)
+    # Hooks, checkpoints and evaluation use the bare module; only the trainer's forward goes through DDP.
+    module = unwrap_network(network)
+    main = is_main_process()
+    components = build_arm(arm, module, settings, prepare_batch, image_keys, seed)
     handlers: list[Any] = list(components.handlers)
     if lr_scheduler is not None:
         handlers.append(LrScheduleHandler(lr_scheduler=lr_scheduler, print_lr=False))
     if evaluator is not None:
+        # Every rank validates (identical weights): metrics that all-reduce would wait forever otherwise.
         handlers.append(ValidationHandler(validator=evaluator, interval=val_interval, epoch_level=True))
-    handlers.append(StatsHandler(name="eqmar.train", output_transform=loss_terms, iteration_log=False))
-    if output_dir is not None and tensorboard:
+    if main:
+        handlers.append(StatsHandler(name="eqmar.train", output_transform=loss_terms, iteration_log=False))
+    if output_dir is not None and tensorboard and main:
         from monai.handlers import TensorBoardStatsHandler
 
         handlers.append(
@@ -106,10 +119,10 @@ def build_trainer(
     handlers.extend(extra_handlers)
 
     trainer = SupervisedTrainer(
-        device=torch.device(device),
+        device=device,
         max_epochs=max_epochs,
-        train_data_loader=train_loader,
-        network=network,
+        train_data_loader=shard_loader(train_loader, seed),
+        network=wrap_network(network, device),
         optimizer=optimizer,
         loss_function=loss_function,
         prepare_batch=components.prepare_batch,
@@ -120,25 +133,26 @@ def build_trainer(
 
     if output_dir is not None:
         ckpt_dir = Path(output_dir) / "checkpoints"
-        state = {"network": network, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state}
+        state = {"network": module, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state}
         if lr_scheduler is not None:
             state["lr_scheduler"] = lr_scheduler
         previous = latest_checkpoint(ckpt_dir) if resume else None
         if previous is not None:
             logging.getLogger("eqmar.train").info("resuming from %s", previous)
             CheckpointLoader(load_path=str(previous), load_dict=state, strict=True).attach(trainer)
-        CheckpointSaver(
-            save_dir=str(ckpt_dir),
-            save_dict=state,
-            file_prefix=_CHECKPOINT_PREFIX,
-            save_final=True,
-            final_filename=f"{_CHECKPOINT_PREFIX}_final.pt",
-            epoch_level=checkpoint_interval <= 0,
-            save_interval=checkpoint_interval if checkpoint_interval > 0 else 1,
-            n_saved=2,
-        ).attach(trainer)
+        if main:
+            CheckpointSaver(
+                save_dir=str(ckpt_dir),
+                save_dict=state,
+                file_prefix=_CHECKPOINT_PREFIX,
+                save_final=True,
+                final_filename=f"{_CHECKPOINT_PREFIX}_final.pt",
+                epoch_level=checkpoint_interval <= 0,
+                save_interval=checkpoint_interval if checkpoint_interval > 0 else 1,
+                n_saved=2,
+            ).attach(trainer)
 
-    if progress:
+    if progress and main:
         from ignite.handlers import ProgressBar
 
         ProgressBar(persist=False, desc=f"{arm} ").attach(trainer, output_transform=loss_terms)

@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from torch import nn
 
 from eqmar.apps.mar.evaluation import evaluate_mar, input_predictor, network_predictor
 from eqmar.apps.mar.figures import plot_mar_examples
 from eqmar.apps.mar.transforms import MARInputsd
-from eqmar.engines import ARMS, EQRegSettings, TaskSpec, run_arms
+from eqmar.engines import ARMS, EQRegSettings, TaskSpec, is_main_process, main_process_first, run_arms
+from eqmar.engines.distributed import rank_device
 
 __all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "ensure_demo_data", "BACKBONES"]
 
@@ -247,18 +249,20 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
 
     Writes ``results.json``, ``results.md`` (the table), ``examples.png`` and ``equivariance.png``
     into ``cfg.output_dir``, and per-arm checkpoints, TensorBoard logs and ``model.pt`` below it.
+    In a distributed run every rank calls it: ``cfg.batch_size`` is the global batch, rank 0
+    synthesizes the demo set and writes the files, and every rank returns the same content.
 
     Returns:
         The content of ``results.json``.
     """
-    from eqmar.equivariance import plot_equivariance_report
     from eqmar.losses import MARLoss
     from eqmar.metrics import format_mar_table
 
-    device = _device(cfg.device)
+    device = rank_device(_device(cfg.device))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
+    with main_process_first():  # the other ranks then find the demo set complete instead of writing it too
+        root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
     loaders = _loaders(cfg, root, tag)
 
     def make_optimizer(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -299,17 +303,15 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         "LI": evaluate_mar(loaders["test"], input_predictor("LI_CT")),
     }
     table = format_mar_table({**baselines, **{arm: r.metrics["mar"] for arm, r in results.items()}})
-    reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
-    if reports:
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
-    rows, captions = _example_rows(loaders["test"].dataset, {arm: r.network for arm, r in results.items()}, device)
-    plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
     payload = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "data_root": str(root),
         "geometry_tag": tag,
         "device": str(device),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "processes": idist.get_world_size(),
+        },
         "baselines": {name: s.as_dict() for name, s in baselines.items()},
         "arms": {
             arm: {
@@ -325,6 +327,22 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         },
         "table": table,
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    (out / "results.md").write_text(table + "\n")
+    if is_main_process():
+        _write_outputs(cfg, out, root, results, payload, loaders["test"].dataset, device)
     return payload
+
+
+def _write_outputs(
+    cfg: MARExperimentConfig, out: Path, root: Path, results: dict[str, Any], payload: dict[str, Any], test: Any,
+    device: torch.device,
+) -> None:
+    """``results.json``, ``results.md``, ``equivariance.png`` and ``examples.png``."""
+    from eqmar.equivariance import plot_equivariance_report
+
+    reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
+    if reports:
+        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
+    rows, captions = _example_rows(test, {arm: r.network for arm, r in results.items()}, device)
+    plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
+    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    (out / "results.md").write_text(payload["table"] + "\n")
