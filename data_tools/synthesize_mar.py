@@ -14,7 +14,8 @@ published (test masks 0, 1, 19, 29, 35, 42, 62, 63, 97, 99; the other 90 train).
 
 The run is resumable (re-run the same command after an interruption), every file is written to a
 temporary name and renamed, bad inputs are listed in synthesis_report_<split>.json and skipped,
-and --shard i/n splits the images into n disjoint deterministic shares for a job scheduler.
+and --shard i/n splits the images into n disjoint deterministic shares for a job scheduler (shards
+may share --out; each writes synthesis_report_<split>_shard<i>of<n>.json; see docs/reliability.md).
 
 Examples:
   python data_tools/synthesize_mar.py --out data/demo --image-size 128 --views 160
@@ -79,14 +80,16 @@ def load_mask_set(spec: str, seed: int) -> np.ndarray:
     return load_masks(spec)
 
 
-def sources_for(args: argparse.Namespace, split: str) -> list:
+def sources_for(args: argparse.Namespace, split: str) -> tuple[list, list[dict[str, str]]]:
+    """The image sources of a split, and the inputs rejected while listing them (``--scans``)."""
     from eqmar.data.synthesis import deeplesion_sources, demo_sources, volume_sources
 
+    rejected: list[dict[str, str]] = []
     if args.deeplesion is not None:
-        return deeplesion_sources(args.deeplesion, args.image_list)
+        return deeplesion_sources(args.deeplesion, args.image_list), rejected
     if args.scans is not None:
-        return volume_sources(args.scans)
-    return demo_sources(args.demo_count, args.seed, split)
+        return volume_sources(args.scans, rejected), rejected
+    return demo_sources(args.demo_count, args.seed, split), rejected
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,21 +118,23 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for split in splits:
         try:
-            sources = sources_for(args, split)
-        except (OSError, ValueError) as error:
+            sources, rejected = sources_for(args, split)
+            report = synthesize_dataset(
+                sources, select_split_masks(masks, split), args.out, split, config,
+                mask_indices=mask_indices, workers=args.workers, limit=args.limit,
+                shard=args.shard, progress=not args.no_progress, rejected_inputs=rejected,
+            )
+        except (OSError, ValueError) as error:  # bad inputs or masks (found before writing), I/O errors
             print(f"error: {error}", file=sys.stderr)
             return 2
-        report = synthesize_dataset(
-            sources, select_split_masks(masks, split), args.out, split, config,
-            mask_indices=mask_indices, workers=args.workers, limit=args.limit,
-            shard=args.shard, progress=not args.no_progress,
-        )
         failed += len(report.failures)
         print(
             f"{split}: {report.images_complete}/{report.images_total} images complete, "
             f"{report.files_written} files written, {report.files_kept} kept, {len(report.failures)} failed, "
-            f"{report.seconds:.1f} s -> {args.out}"
+            f"{len(report.rejected_inputs)} inputs rejected, {report.seconds:.1f} s -> {args.out}"
         )
+        for entry in report.rejected_inputs:
+            print(f"  rejected {entry['source']}: {entry['error']}")
         for failure in report.failures:
             print(f"  skipped {failure['image_id']} ({failure['source']}): {failure['error']}")
     return 1 if failed and args.deeplesion is None and args.scans is None else 0

@@ -21,6 +21,7 @@ __all__ = [
     "PUBLISHED_TEST_MASK_AREAS",
     "TEST_MASK_INDICES",
     "TRAIN_MASK_INDICES",
+    "check_mask_stack",
     "generate_mask_set",
     "generate_masks",
     "load_masks",
@@ -50,7 +51,8 @@ def load_masks(path: str | os.PathLike, variable: str = _MAT_VARIABLE) -> np.nda
 
     Accepts ``SampleMasks.mat`` (MATLAB v5/v7 through :func:`scipy.io.loadmat`, or v7.3/HDF5
     through h5py) holding ``variable``, and ``.npy`` files such as ``trainmask.npy`` /
-    ``testmask.npy`` of shape (H, W, N) (a single (H, W) mask becomes N = 1).
+    ``testmask.npy`` of shape (H, W, N) (a single (H, W) mask becomes N = 1). Values must be
+    binary: bool, 0/1, or 0/255 as 8-bit image masks store them.
 
     Args:
         path: the mask file.
@@ -61,19 +63,24 @@ def load_masks(path: str | os.PathLike, variable: str = _MAT_VARIABLE) -> np.nda
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: unknown suffix, missing variable, wrong rank or non-binary values.
+        ValueError: unknown suffix, unreadable (corrupt, truncated, pickled) file, missing
+            variable, wrong rank, non-square or non-binary masks, or no masks at all; the message
+            names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        masks = np.load(path, allow_pickle=False)
+        try:
+            masks = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # bad magic, pickled objects, empty or truncated file
+            raise ValueError(f"{path}: not a readable .npy file: {e}") from e
     elif suffix == ".mat":
         masks = _load_mat_masks(path, variable)
     else:
         raise ValueError(f"{path}: unsupported mask file type {suffix!r}; expected .mat or .npy.")
-    return _as_binary_stack(masks, str(path))
+    return check_mask_stack(masks, str(path))
 
 
 def _load_mat_masks(path: Path, variable: str) -> np.ndarray:
@@ -83,6 +90,8 @@ def _load_mat_masks(path: Path, variable: str) -> np.ndarray:
         contents = loadmat(path, variable_names=[variable])
     except NotImplementedError:  # MATLAB v7.3 files are HDF5
         return _load_mat73_masks(path, variable)
+    except Exception as e:  # SciPy raises MatReadError, ValueError, OSError, ... for damaged files
+        raise ValueError(f"{path}: not a readable .mat file (corrupt or truncated?): {e}") from e
     if variable not in contents:
         raise ValueError(f"{path}: variable {variable!r} not found in the .mat file.")
     return contents[variable]
@@ -91,10 +100,15 @@ def _load_mat_masks(path: Path, variable: str) -> np.ndarray:
 def _load_mat73_masks(path: Path, variable: str) -> np.ndarray:
     import h5py
 
-    with h5py.File(path, "r") as f:
-        if variable not in f:
-            raise ValueError(f"{path}: variable {variable!r} not found; it has {sorted(f.keys())}.")
-        data = f[variable][()]
+    try:
+        with h5py.File(path, "r") as f:
+            if variable not in f:
+                raise ValueError(f"{path}: variable {variable!r} not found; it has {sorted(f.keys())}.")
+            if not isinstance(f[variable], h5py.Dataset):
+                raise ValueError(f"{path}: variable {variable!r} is not an array.")
+            data = f[variable][()]
+    except OSError as e:  # a v7.3 header over bytes that are not HDF5
+        raise ValueError(f"{path}: not a readable .mat file (MATLAB 7.3 header, but not valid HDF5): {e}") from e
     # MATLAB stores column-major, so h5py sees the dimensions reversed.
     return np.transpose(data, tuple(range(data.ndim))[::-1])
 
@@ -105,9 +119,30 @@ def _as_binary_stack(masks: np.ndarray, name: str) -> np.ndarray:
         masks = masks[:, :, None]
     if masks.ndim != 3:
         raise ValueError(f"{name}: masks must have shape (H, W, N), got {masks.shape}.")
-    if masks.dtype != bool and not np.isin(np.unique(masks), (0, 1)).all():
-        raise ValueError(f"{name}: masks must be binary (0/1), found values {np.unique(masks)[:8]}.")
-    return np.ascontiguousarray(masks, dtype=np.uint8)
+    if masks.dtype == bool:
+        return np.ascontiguousarray(masks, dtype=np.uint8)
+    values = np.unique(masks)
+    if not (np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all()):
+        raise ValueError(f"{name}: masks must be binary (0/1, bool or 0/255), found values {values[:8]}.")
+    return np.ascontiguousarray(masks > 0, dtype=np.uint8)
+
+
+def check_mask_stack(masks: np.ndarray, name: str = "masks") -> np.ndarray:
+    """Validate a stack of metal masks as the simulator needs them; return it as (H, W, N) uint8 0/1.
+
+    Args:
+        masks: (H, W, N) or a single (H, W) mask (N = 1); bool, 0/1 or 0/255 values.
+        name: what to call the stack in error messages (e.g. the file name).
+
+    Raises:
+        ValueError: wrong rank, non-binary values, non-square masks, or N = 0.
+    """
+    stack = _as_binary_stack(masks, name)
+    if stack.shape[0] != stack.shape[1]:
+        raise ValueError(f"{name}: masks must be square, got {stack.shape[0]}x{stack.shape[1]} (H x W).")
+    if stack.shape[2] == 0:
+        raise ValueError(f"{name}: no masks in the stack (shape {stack.shape}).")
+    return stack
 
 
 def split_mask_set(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -140,14 +140,25 @@ class DeepLesionPNGReader(PILReader):
         return hu, meta
 
 
+def _describe_mode(mode: str) -> str:
+    """Plain words for a Pillow mode; Pillow opens 16-bit colour PNGs as 8-bit "RGB", so colour
+    modes are named by their channels rather than a bit depth."""
+    if mode in ("1", "L", "P"):
+        return "8-bit"
+    if mode in ("LA", "La", "PA"):
+        return "with an alpha channel"
+    if mode.startswith(("RGB", "CMYK", "YCbCr", "LAB", "HSV")):
+        return "colour"
+    return "unsupported"
+
+
 def _check_deeplesion_image(img: Any, name: str) -> None:
     if img.format != "PNG":
         raise ValueError(f"{name}: expected a PNG file, found format {img.format!r}.")
     if img.mode not in _SIXTEEN_BIT_MODES:
         raise ValueError(
             f"{name}: DeepLesion slices are 16-bit grayscale PNGs (HU + 32768); found mode {img.mode!r} "
-            f"({'8-bit' if img.mode in ('L', 'P', 'LA', 'RGB', 'RGBA', '1') else 'unsupported'}), "
-            "which cannot hold HU values."
+            f"({_describe_mode(img.mode)}), which cannot hold HU values."
         )
     if img.width != img.height:
         raise ValueError(f"{name}: image must be square, got {img.width}x{img.height} (width x height).")
@@ -161,14 +172,26 @@ class CTDicomReader(PydicomReader):
 
     Args:
         require_ct: reject datasets whose ``Modality`` is not ``CT``.
+        require_rescale: reject CT datasets that lack ``RescaleSlope`` or ``RescaleIntercept``
+            (both mandatory in the CT Image module; enhanced multi-frame CT keeps them in
+            functional groups, which the parent does not read), because their stored values
+            cannot be mapped to HU. False falls back to the parent's behaviour: a missing slope
+            counts as 1 and a missing intercept as 0, i.e. stored values are taken as HU.
         kwargs: passed to :class:`monai.data.PydicomReader` (e.g. ``swap_ij``); ``fname_regex``
             defaults to None so that non-DICOM files in a series folder are skipped.
+
+    Raises (from ``read``/``get_data``):
+        FileNotFoundError: missing file or folder.
+        ValueError: unreadable or non-image DICOM, non-CT modality, missing pixel data or rescale
+            tags, undecodable pixel data, or a series whose slices cannot be stacked; the message
+            names the file.
     """
 
-    def __init__(self, require_ct: bool = True, **kwargs: Any):
+    def __init__(self, require_ct: bool = True, require_rescale: bool = True, **kwargs: Any):
         kwargs.setdefault("fname_regex", None)
         super().__init__(**kwargs)
         self.require_ct = require_ct
+        self.require_rescale = require_rescale
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         """Folders, ``.dcm`` files, and any file with a DICOM preamble."""
@@ -195,32 +218,59 @@ class CTDicomReader(PydicomReader):
         try:
             datasets = super().read(data, **kwargs)
         except InvalidDicomError as e:
-            raise ValueError(f"{data}: not a DICOM file: {e}") from e
+            raise ValueError(f"{data}: not a readable DICOM file: {e}") from e
+        except Exception as e:  # a damaged header fails in pydicom with EOFError, struct.error, ...
+            raise ValueError(f"{data}: not a readable DICOM file (corrupt or truncated): {e}") from e
         for ds, filename in zip(_flatten(datasets), _flatten(self.filenames)):
             self._check_dataset(ds, filename)
+        inputs = ensure_tuple(data)
+        for name, group in zip(inputs, [datasets] if len(inputs) == 1 else datasets):
+            sizes = {(getattr(ds, "Rows", None), getattr(ds, "Columns", None)) for ds in _flatten(group)}
+            if len(sizes) > 1:
+                # Found here, the stacking in the parent would fail with a bare NumPy message.
+                raise ValueError(
+                    f"{name}: the slices of this series differ in size (rows, columns) {sorted(sizes, key=str)}."
+                )
         return datasets
 
     def _check_dataset(self, ds: Any, filename: str | os.PathLike) -> None:
+        # pydicom parses random bytes after a valid "DICM" prefix into private elements, so a
+        # corrupt file shows up as a dataset without any of the basic image attributes.
+        if not any(keyword in ds for keyword in ("Modality", "Rows", "Columns", "SOPClassUID")):
+            raise ValueError(
+                f"{filename}: not a readable DICOM image (corrupt file?): no Modality, Rows, Columns or SOPClassUID."
+            )
         modality = str(getattr(ds, "Modality", ""))
         if self.require_ct and modality != "CT":
             raise ValueError(f"{filename}: expected a CT image, DICOM Modality is {modality or 'missing'!r}.")
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise ValueError(f"{filename}: DICOM dataset has no pixel data.")
+        missing = [tag for tag in ("RescaleSlope", "RescaleIntercept") if tag not in ds]
+        if self.require_rescale and modality == "CT" and missing:
+            raise ValueError(
+                f"{filename}: CT dataset without {' and '.join(missing)}, so its stored values cannot be "
+                "converted to HU; add the tags, or pass require_rescale=False to read stored values as HU."
+            )
 
     def get_data(self, data) -> tuple[np.ndarray, dict]:
         """HU array (float32) and metadata; pixel decoding errors name the file."""
         try:
             array, meta = super().get_data(data)
         except Exception as e:  # pydicom raises many types for undecodable pixel data
-            raise ValueError(f"{self.filenames}: cannot decode DICOM pixel data: {e}") from e
+            raise ValueError(f"{_names(self.filenames)}: cannot decode DICOM pixel data: {e}") from e
         return np.asarray(array, dtype=np.float32), meta
 
 
 def _flatten(items: Any) -> list:
     out = []
-    for item in items if isinstance(items, list) else [items]:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
+    for item in items if isinstance(items, (list, tuple)) else [items]:
+        out.extend(_flatten(item) if isinstance(item, (list, tuple)) else [item])
     return out
+
+
+def _names(filenames: Any) -> str:
+    """The file name(s) a reader holds, for error messages: ``a.dcm`` or ``a.dcm, b.dcm``."""
+    return ", ".join(str(name) for name in _flatten(filenames))
 
 
 class CTNiftiReader(NibabelReader):
@@ -245,12 +295,12 @@ class CTNiftiReader(NibabelReader):
         try:
             array, meta = super().get_data(img)
         except Exception as e:  # truncated .nii.gz fails only when the data are decoded
-            raise ValueError(f"{list(self.filenames)}: cannot read NIfTI voxel data: {e}") from e
+            raise ValueError(f"{_names(self.filenames)}: cannot read NIfTI voxel data: {e}") from e
         array = np.asarray(array, dtype=np.float32)
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise ValueError(
-                f"{list(self.filenames)}: {bad} of {array.size} voxels are NaN or infinite; "
+                f"{_names(self.filenames)}: {bad} of {array.size} voxels are NaN or infinite; "
                 "a CT volume must be finite HU."
             )
         return array, meta

@@ -4,7 +4,8 @@ Rule for volumes (DICOM series, 3-D NIfTI): the body area of an axial slice is i
 pixels above ``body_threshold_hu`` (−500 HU: soft tissue and bone, not air or lung). Slices whose
 body area is at least ``min_body_fraction`` of the volume's largest body area are candidates
 (this drops the ends of the scan, where the body is cut tangentially or absent); from them at most
-``max_slices`` are taken, evenly spaced in slice order, first and last candidates included.
+``max_slices`` are taken, evenly spaced in slice order, first and last candidates included. A
+volume in which no slice has body is rejected (ValueError).
 
 Slices are returned at native size in display orientation (rows anterior→posterior, columns
 patient right→left, as DICOM and DeepLesion store them); they must be square. Resizing to the
@@ -81,6 +82,13 @@ def _volume_slices(volume: np.ndarray, source: str, **selection) -> list[tuple[n
     if volume.ndim == 2 or volume.shape[-1] == 1:
         return [(_check_square(volume.reshape(volume.shape[:2]), source), source)]
     picks = select_axial_slices(volume, **selection)
+    if not picks:
+        # An all-air volume is most likely not in HU (a mask, a zero-filled export): say so
+        # instead of returning no slices, which callers would skip without a trace.
+        raise ValueError(
+            f"{source}: no axial slice has body (pixels above {selection['body_threshold_hu']} HU); "
+            "is this a CT volume in HU?"
+        )
     return [(_check_square(volume[:, :, k], source), f"{source}#slice={k}") for k in picks]
 
 
@@ -104,7 +112,8 @@ def load_ct_slices(
 
     Raises:
         FileNotFoundError: missing path.
-        ValueError: unsupported or invalid input (non-square, non-CT, corrupt, non-finite ...).
+        ValueError: unsupported or invalid input (non-square, non-CT, corrupt, non-finite, a volume
+            without any body slice ...).
     """
     from eqmar.data.readers import CTDicomReader, CTNiftiReader, DeepLesionPNGReader
 

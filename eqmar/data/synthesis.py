@@ -20,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,8 @@ class SynthesisReport:
         files_written: h5 files written by this run.
         files_kept: h5 files found complete from an earlier run.
         failures: ``{"image_id", "source", "error"}`` for every image that could not be processed.
+        rejected_inputs: ``{"source", "error"}`` for every input file or folder that yielded no
+            image at all (e.g. a scan rejected by :func:`volume_sources`); the same list in every shard.
         seconds: wall time.
         interrupted: the run was stopped before the end.
     """
@@ -154,6 +157,7 @@ class SynthesisReport:
     files_written: int = 0
     files_kept: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
+    rejected_inputs: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
 
@@ -261,7 +265,7 @@ def _complete_ids(layout: SynDeepLesionLayout, image_ids: Iterable[str], mask_in
 def _write_masks(layout: SynDeepLesionLayout, masks: np.ndarray) -> None:
     from eqmar.data.syndeeplesion import atomic_write
 
-    stored = np.ascontiguousarray(masks.astype(np.uint8))
+    stored = np.ascontiguousarray(masks, dtype=np.uint8)
     if layout.mask_file.is_file():
         existing = np.load(layout.mask_file)
         if existing.shape != stored.shape or not np.array_equal(existing, stored):
@@ -311,13 +315,15 @@ def synthesize_dataset(
     limit: int | None = None,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
+    rejected_inputs: Sequence[dict[str, str]] = (),
 ) -> SynthesisReport:
     """Simulate every (image, mask) pair of ``sources`` × ``mask_indices`` into the SynDeepLesion layout.
 
     Args:
         sources: the CT slices.
         masks: ``(512, 512, N)`` binary masks of this split (see :func:`select_split_masks`); saved
-            as ``<split>mask.npy``.
+            as ``<split>mask.npy`` (0/1). Checked by :func:`eqmar.ct.masks.check_mask_stack`
+            (a single (H, W) mask counts as N = 1, 0/255 values as 0/1).
         out_dir: data root.
         split: "train" or "test".
         config: geometry, device, metal and seed.
@@ -326,22 +332,39 @@ def synthesize_dataset(
         limit: only the first ``limit`` sources of this shard.
         shard: ``(i, n)``: process the i-th of n disjoint shares of the images.
         progress: show a progress bar.
+        rejected_inputs: inputs that yielded no image (``{"source", "error"}``, as collected by
+            :func:`volume_sources`), copied into the report.
 
     Returns:
-        The report, also written to ``<out_dir>/synthesis_report_<split>.json``.
+        The report, also written to ``<out_dir>/synthesis_report_<split>.json``, or to
+        ``synthesis_report_<split>_shard<i>of<n>.json`` for a shard of ``n > 1``, so that shards
+        sharing ``out_dir`` keep each its own report.
+
+    Raises:
+        ValueError: invalid masks (see above), an empty mask among ``mask_indices``, mask indices
+            out of range, an invalid shard or duplicate image ids; raised before anything is written.
     """
+    from eqmar.ct.masks import check_mask_stack
+
     config = config or SynthesisConfig()
     started = time.perf_counter()
     layout = SynDeepLesionLayout(Path(out_dir), split, config.resolve_tag())
-    masks = np.asarray(masks)
+    masks = check_mask_stack(masks, f"{split} masks")
     indices = list(range(masks.shape[-1])) if mask_indices is None else [int(k) for k in mask_indices]
     bad = [k for k in indices if not 0 <= k < masks.shape[-1]]
     if bad:
         raise ValueError(f"mask indices {bad[:5]} are outside the {masks.shape[-1]} masks of the {split} split")
+    # An empty mask would give pairs without metal, indistinguishable from real ones in training.
+    empty = [k for k in indices if not masks[..., k].any()]
+    if empty:
+        raise ValueError(
+            f"{split} masks {empty[:10]} are empty (no metal pixel); leave them out of the mask indices "
+            "(--mask-indices) or fix the mask file"
+        )
     todo = shard_sources(sources, shard)[: limit if limit is not None else None]
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_masks(layout, masks)
-    report = SynthesisReport(images_total=len(todo))
+    report = SynthesisReport(images_total=len(todo), rejected_inputs=[dict(entry) for entry in rejected_inputs])
     bar = _progress_bar(len(todo) * (len(indices) + 1), progress, f"{split} {layout.geometry}")
 
     def on_result(result: dict[str, Any]) -> None:
@@ -367,7 +390,8 @@ def synthesize_dataset(
         layout.write_list(sorted(listed | set(complete)))
         report.images_complete = len(complete)
         report.seconds = round(time.perf_counter() - started, 3)
-        report.save(layout.root / f"synthesis_report_{split}.json")
+        suffix = f"_shard{shard[0]}of{shard[1]}" if shard[1] > 1 else ""
+        report.save(layout.root / f"synthesis_report_{split}{suffix}.json")
     return report
 
 
@@ -416,12 +440,20 @@ def _deeplesion_relative(entry: str, list_path: str | Path) -> str:
     return entry if entry.endswith(".png") else entry + ".png"
 
 
-def volume_sources(folder: str | Path) -> list[ImageSource]:
+def volume_sources(folder: str | Path, rejected: list[dict[str, str]] | None = None) -> list[ImageSource]:
     """Slices of the DICOM files/series and NIfTI volumes in ``folder``, picked by
     :func:`eqmar.data.slices.load_ct_slices` (its docstring gives the slice rule).
 
     Each volume is read once here to count its selected slices; the slices are read again in the
-    worker that simulates them.
+    worker that simulates them. A scan that cannot be read is skipped with a warning and, when
+    ``rejected`` is given, recorded there as ``{"source", "error"}`` (pass it on to
+    :func:`synthesize_dataset` to have it in the report).
+
+    The series id of a scan is its file name without ``.nii.gz``/``.nii``/``.dcm``/``.dicom`` (a
+    folder keeps its name); scans whose ids would clash keep their full file names instead.
+
+    Raises:
+        FileNotFoundError: missing folder, or no readable scan in it.
     """
     from eqmar.data.slices import load_ct_slices
 
@@ -429,29 +461,57 @@ def volume_sources(folder: str | Path) -> list[ImageSource]:
     if not folder.is_dir():
         raise FileNotFoundError(f"scan folder not found: {folder}")
     candidates = _volume_candidates(folder)
+    names = _series_names(candidates)
     sources = []
     for path in candidates:
         try:
             count = len(load_ct_slices(str(path)))
         except Exception as error:
             logger.warning("skipped %s: %s", path, error)
+            if rejected is not None:
+                rejected.append({"source": str(path), "error": f"{type(error).__name__}: {error}"})
             continue
-        name = path.name.split(".")[0] or path.name
-        sources += [ImageSource(image_id=f"{name}/{i:03d}", kind="file", path=str(path), index=i) for i in range(count)]
+        sources += [
+            ImageSource(image_id=f"{names[path]}/{i:03d}", kind="file", path=str(path), index=i) for i in range(count)
+        ]
     if not sources:
         raise FileNotFoundError(f"no readable DICOM or NIfTI CT data in {folder}")
     return sources
 
 
+_SCAN_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom")
+
+
 def _volume_candidates(folder: Path) -> list[Path]:
-    """NIfTI files, single DICOM files at the top level, and sub-folders holding DICOM series."""
+    """NIfTI and DICOM files at the top level, and sub-folders holding DICOM series.
+
+    Hidden files are ignored. DICOM files are recognised by suffix, by having none, or by their
+    preamble, since PACS exports often name them by UID (``1.2.840.113619.2.55.3.604``).
+    """
+    from pydicom.misc import is_dicom
+
     found: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and (path.name.endswith((".nii", ".nii.gz", ".dcm")) or path.suffix == ""):
+        if path.name.startswith("."):
+            continue
+        if path.is_file() and (path.name.lower().endswith(_SCAN_SUFFIXES) or path.suffix == "" or is_dicom(path)):
             found.append(path)
         elif path.is_dir() and any(p.is_file() for p in path.iterdir()):
             found.append(path)
     return found
+
+
+def _series_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """Series id per scan: the name without its scan suffix, or the full name where those clash."""
+
+    def stem(path: Path) -> str:
+        lower = path.name.lower()
+        suffix = next((s for s in _SCAN_SUFFIXES if lower.endswith(s) and path.is_file()), "")
+        return path.name[: len(path.name) - len(suffix)] or path.name
+
+    stems = [stem(p) for p in paths]
+    uses = Counter(stems)
+    return {p: (p.name if uses[s] > 1 else s) for p, s in zip(paths, stems)}
 
 
 DEMO_PHANTOMS = ("abdomen", "thorax", "pelvis", "head")

@@ -13,6 +13,7 @@ batch), and only rank 0 writes checkpoints, logs and progress; every rank resume
 from __future__ import annotations
 
 import logging
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,18 @@ def loss_terms(output: Any) -> dict[str, float]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """Most recently written checkpoint of :func:`build_trainer` in ``directory`` (by file time), or None."""
+    """Most recently written complete checkpoint of :func:`build_trainer` in ``directory`` (by file time), or None.
+
+    MONAI's ``CheckpointSaver`` writes in place, so a run killed during a save leaves a truncated newest
+    file; such files (not a complete zip archive, which ``torch.save`` writes) are skipped with a warning.
+    """
     directory = Path(directory)
     found = sorted(directory.glob(f"{_CHECKPOINT_PREFIX}*.pt"), key=lambda p: (p.stat().st_mtime, p.name))
-    return found[-1] if found else None
+    for path in reversed(found):
+        if zipfile.is_zipfile(path):
+            return path
+        logging.getLogger("eqmar.train").warning("skipping incomplete checkpoint %s (interrupted while saving?)", path)
+    return None
 
 
 def build_trainer(
