@@ -1,0 +1,5 @@
+"""Training tasks of the MAR app."""
+
+from lib.trainers.mar import MARTrain
+
+__all__ = ["MARTrain"]

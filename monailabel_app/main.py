@@ -1,0 +1,96 @@
+"""MONAI Label app for CT metal artifact reduction with an eqmar model (DICDNet + EQ-Reg).
+
+Start (from the repository root, after ``bash monailabel_app/setup_env.sh``)::
+
+    MONAI_LABEL_TRACKING_ENABLED=false monailabel_app/.venv/bin/python -m monailabel.main start_server \\
+        --app monailabel_app --studies /path/to/studies --host 127.0.0.1 --port 8000
+
+Models: ``mar`` (infer, ``InferType.OTHERS``: corrected volume in HU as float32 NIfTI) and ``mar``
+(train, EQ-Reg). The model file is ``--conf model_path FILE``; by default ``model/mar.pt`` in the
+app folder, which is created from the bundle's demo weights
+(``bundles/eqmar_mar/models/model.pt``) when missing. Errors caused by the request (unknown image
+id or model, unreadable upload, bad parameters) are answered with 4xx, not 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.infers.mar import MARInfer, MARInputError
+from lib.trainers.mar import MARTrain
+
+logger = logging.getLogger(__name__)
+
+#: The bundle's demo weights, copied to ``model/mar.pt`` when the app has no model yet.
+BUNDLE_MODEL = Path(__file__).resolve().parent.parent / "bundles" / "eqmar_mar" / "models" / "model.pt"
+
+
+class MARApp(MONAILabelApp):
+    """MONAI Label app serving the MAR model.
+
+    Conf (``--conf KEY VALUE``): ``model_path`` (model file), ``metal_threshold_hu``,
+    ``trace_model`` (``line`` or ``interpolating``), ``li_projector`` (``auto``, ``fanbeam``,
+    ``parallel``); requests may override the last three in ``params``.
+    """
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.model_dir = os.path.join(app_dir, "model")
+        self.model_path = conf.get("model_path") or os.path.join(self.model_dir, "mar.pt")
+        if not os.path.exists(self.model_path) and not conf.get("model_path") and BUNDLE_MODEL.is_file():
+            os.makedirs(self.model_dir, exist_ok=True)
+            shutil.copyfile(BUNDLE_MODEL, self.model_path)  # a copy, so that training never edits the bundle
+            logger.info("MAR model initialised from %s", BUNDLE_MODEL)
+        if not os.path.exists(self.model_path):
+            logger.warning("MAR model file %s not found: the mar model is not offered until it exists", self.model_path)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="eqmar MAR",
+            description="CT metal artifact reduction: DICDNet trained with the EQ-Reg rotation-equivariance regulariser",
+            version="0.1.0",
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {
+            "mar": MARInfer(
+                path=self.model_path,
+                metal_threshold_hu=float(self.conf.get("metal_threshold_hu", 2500.0)),
+                trace_model=self.conf.get("trace_model", "line"),
+                li_projector=self.conf.get("li_projector", "auto"),
+            )
+        }
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        if not os.path.exists(self.model_path):
+            return {}
+        return {"mar": MARTrain(model_dir=os.path.join(self.model_dir, "mar_train"), model_path=self.model_path)}
+
+    def infer(self, request: dict[str, Any], datastore: Any = None) -> dict[str, Any]:
+        """Run inference; problems with the request become HTTP 4xx errors instead of 500."""
+        from fastapi import HTTPException
+
+        model, image = request.get("model"), request.get("image")
+        if model not in self._infers:
+            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
+        if isinstance(image, str) and not os.path.exists(image):
+            store = datastore if datastore else self.datastore()
+            if not image or not store.get_image_uri(image):
+                raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+        try:
+            return super().infer(request, datastore)
+        except MARInputError as error:
+            raise HTTPException(status_code=error.status_code, detail=str(error)) from error
+        except MONAILabelException as error:
+            if error.error == MONAILabelError.INVALID_INPUT:
+                raise HTTPException(status_code=400, detail=error.msg) from error
+            raise

@@ -1,0 +1,357 @@
+"""The MONAI bundle ``bundles/eqmar_mar`` and its helpers (eqmar.apps.mar.bundle).
+
+Inference runs the bundle's real configs in-process with ``monai.bundle.run`` (the CLI's code path
+without ``fire``) on a simulated metal-artifact phantom and checks that the shipped demo model
+reduces the streak error against the clean image; the CLI itself runs in a slow test. Training
+runs ``configs/train.yaml`` for three iterations on a tiny SynDeepLesion root made here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+yaml = pytest.importorskip("yaml", reason="the bundle's YAML configs need pyyaml (add it to eqmar's dependencies)")
+
+from eqmar.apps.mar.bundle import (  # noqa: E402
+    MARModelSaver,
+    MARVolumeInferer,
+    ParallelBeamProjector,
+    bundle_datalist,
+    fanbeam_physics_available,
+    load_mar_weights,
+)
+from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, image_domain_li, model_geometry  # noqa: E402
+from eqmar.apps.mar.model_file import build_from_spec, load_mar_model, network_spec, save_mar_model  # noqa: E402
+from eqmar.apps.mar.writers import axial_to_nifti, nifti_to_axial  # noqa: E402
+
+BUNDLE = ROOT / "bundles" / "eqmar_mar"
+CONFIGS = BUNDLE / "configs"
+MODEL = BUNDLE / "models" / "model.pt"
+SIZE = 128
+TAG = "640geo_128px160v"  # the demo model's geometry
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _disc(row: int, col: int, radius: float, size: int = SIZE) -> np.ndarray:
+    rows, cols = np.mgrid[:size, :size]
+    return (rows - row) ** 2 + (cols - col) ** 2 <= radius**2
+
+
+@pytest.fixture(scope="module")
+def artifact_slices() -> dict[str, np.ndarray]:
+    """A 128 px pelvis phantom with a simulated titanium insert: ``artifact`` and ``clean`` HU."""
+    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.ct.physics import mu_to_hu
+    from eqmar.ct.simulator import SynDeepLesionSimulator
+
+    hu = phantom_slice("pelvis", seed=0, size=SIZE)
+    with SynDeepLesionSimulator(model_geometry({"geometry_tag": TAG}), device="cpu") as sim:
+        image = sim.prepare_image(hu)
+        pair = sim.simulate_pair(image, sim.prepare_mask(_disc(64, 84, 6).astype(np.uint8)), np.random.default_rng(0))
+    return {"artifact": mu_to_hu(pair["ma_CT"]), "clean": mu_to_hu(image.mu)}
+
+
+def streak_rmse(image: np.ndarray, clean: np.ndarray, metal: np.ndarray) -> float:
+    """RMSE in HU against the clean slice outside the metal: the streak error."""
+    return float(np.sqrt(np.mean((np.asarray(image, np.float64) - clean)[~metal] ** 2)))
+
+
+def _run_bundle(**override: object) -> None:
+    from monai.bundle import run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MONAI's "only run trusted configs" notice
+        run(
+            config_file=str(CONFIGS / "inference.yaml"),
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=False,  # the bundle's logging.conf would reconfigure the test session's loggers
+            bundle_root=str(BUNDLE),
+            **override,
+        )
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> Path:
+    if not MODEL.is_file():
+        pytest.fail(f"{MODEL} is missing; produce it with the recipe as described in {BUNDLE / 'docs' / 'README.md'}")
+    return MODEL
+
+
+# ----------------------------------------------------------------------------------- inference
+def test_nifti_inference_reduces_streaks(tmp_path, demo_model, artifact_slices):
+    import nibabel as nib
+
+    artifact, clean = artifact_slices["artifact"], artifact_slices["clean"]
+    affine = np.array([[-0.8, 0, 0, 12.0], [0, -0.8, 0, -4.0], [0, 0, 2.5, 30.0], [0, 0, 0, 1]])
+    axial = np.stack([clean, artifact, clean])  # slices 0 and 2 hold no metal
+    source = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(axial_to_nifti(axial, affine).astype(np.float32), affine), str(source))
+
+    _run_bundle(input=str(source), output_dir=str(tmp_path / "out"))
+
+    written = nib.load(str(tmp_path / "out" / "ct_mar.nii.gz"))
+    assert written.shape == (SIZE, SIZE, 3) and written.get_data_dtype() == np.float32
+    np.testing.assert_allclose(written.affine, affine)
+    corrected = nifti_to_axial(written.get_fdata(dtype=np.float32), written.affine)
+    metal = artifact > DEFAULT_METAL_THRESHOLD_HU
+    assert metal.sum() > 50
+    np.testing.assert_array_equal(corrected[1][metal], artifact[metal])  # the implant is put back
+    np.testing.assert_allclose(corrected[0], clean, atol=1e-3)  # no metal: unchanged
+    before, after = streak_rmse(artifact, clean, metal), streak_rmse(corrected[1], clean, metal)
+    print(f"bundle NIfTI streak RMSE outside metal: input {before:.1f} HU -> output {after:.1f} HU")
+    assert after < 0.85 * before  # measured 185.7 -> 128.9 HU
+
+
+def _write_dicom_series(folder: Path, slices: list[np.ndarray]) -> list[np.ndarray]:
+    """A CT series from pydicom's CT_small.dcm with ``slices`` as pixels; returns the stored HU."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    template = get_testdata_file("CT_small.dcm", download=False)
+    if template is None:
+        pytest.skip("pydicom's CT_small.dcm test file is not installed")
+    folder.mkdir(parents=True)
+    series, stored = generate_uid(), []
+    for k, hu in enumerate(slices):
+        ds = pydicom.dcmread(template)
+        assert ds.Rows == hu.shape[0] and ds.Columns == hu.shape[1]
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        pixels = np.rint((hu - intercept) / slope).astype(ds.pixel_array.dtype)
+        ds.PixelData = pixels.tobytes()
+        stored.append(pixels * slope + intercept)
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(k) * 2.5]
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"IM{k:04d}.dcm")
+    return stored
+
+
+def test_dicom_series_inference(tmp_path, demo_model, artifact_slices):
+    import nibabel as nib
+
+    artifact, clean = artifact_slices["artifact"], artifact_slices["clean"]
+    stored_clean, stored = _write_dicom_series(tmp_path / "series", [clean, artifact])
+
+    _run_bundle(input=str(tmp_path / "series"), output_dir=str(tmp_path / "out"), trace_model="line")
+
+    (written_path,) = sorted((tmp_path / "out").glob("*.nii.gz"))
+    written = nib.load(str(written_path))
+    assert written.shape == (SIZE, SIZE, 2) and written.get_data_dtype() == np.float32
+    corrected = nifti_to_axial(written.get_fdata(dtype=np.float32), written.affine)
+    metal = stored > DEFAULT_METAL_THRESHOLD_HU
+    by_metal = sorted(range(2), key=lambda k: int((corrected[k] > DEFAULT_METAL_THRESHOLD_HU).sum()))
+    np.testing.assert_allclose(corrected[by_metal[0]], stored_clean, atol=1e-3)
+    before, after = streak_rmse(stored, clean, metal), streak_rmse(corrected[by_metal[1]], clean, metal)
+    print(f"bundle DICOM streak RMSE outside metal: input {before:.1f} HU -> output {after:.1f} HU")
+    assert after < 0.85 * before
+
+
+def _messages(error: BaseException | None) -> str:
+    """The messages of an exception and its causes (MONAI wraps errors of config expressions)."""
+    parts = []
+    while error is not None:
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(parts)
+
+
+def test_bad_inputs_name_the_problem(tmp_path, demo_model):
+    with pytest.raises(Exception) as no_input:
+        _run_bundle(output_dir=str(tmp_path / "out"))
+    assert "ValueError: no input: pass --input" in _messages(no_input.value)
+    missing = tmp_path / "missing.nii.gz"
+    with pytest.raises(Exception) as not_found:
+        _run_bundle(input=str(missing), output_dir=str(tmp_path / "out"))
+    assert f"FileNotFoundError: input not found: {missing}" in _messages(not_found.value)
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(Exception) as broken:
+        _run_bundle(input=str(tmp_path / "broken.nii.gz"), output_dir=str(tmp_path / "out"))
+    assert "broken.nii.gz" in _messages(broken.value)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        bundle_datalist(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither DICOM nor NIfTI"):
+        bundle_datalist(tmp_path / "empty")
+    # weights that do not fit network_def are an error naming the file, never a random layer
+    wrong = save_mar_model(
+        tmp_path / "wrong.pt", build_from_spec(network_spec("dicdnet", num_stages=1, features=8, num_filters=8)),
+        network_spec("dicdnet", num_stages=1, features=8, num_filters=8), {"geometry_tag": TAG},
+    )
+    network = build_from_spec(yaml.safe_load((CONFIGS / "inference.yaml").read_text())["network_spec"])
+    with pytest.raises(ValueError, match="wrong.pt: weights do not match"):
+        load_mar_weights(network, wrong)
+    with pytest.raises(FileNotFoundError, match="recipe"):
+        load_mar_weights(network, tmp_path / "nothing.pt")
+
+
+def test_verify_net_in_out():
+    from monai.bundle import verify_net_in_out
+
+    for config in ("inference.yaml", "train.yaml"):
+        verify_net_in_out(
+            net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / config), device="cpu"
+        )
+
+
+def test_configs_describe_the_shipped_model(demo_model):
+    """network_spec of both configs must be the model file's, so strict loading cannot fail."""
+    _, payload = load_mar_model(demo_model)
+    for config in ("inference.yaml", "train.yaml"):
+        spec = yaml.safe_load((CONFIGS / config).read_text())["network_spec"]
+        assert spec == payload["network"], config
+    assert model_geometry(payload["meta"]).image_size == SIZE
+
+
+# ------------------------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def tiny_syndeeplesion(tmp_path_factory) -> tuple[Path, str]:
+    """Two phantoms x two metal discs at 64 px / 60 views in the SynDeepLesion layout."""
+    from eqmar.data.synthesis import SynthesisConfig, demo_sources, synthesize_dataset
+
+    root = tmp_path_factory.mktemp("syndeeplesion")
+    masks = np.stack([_disc(256, 330, 15, 512), _disc(200, 200, 10, 512)], axis=-1).astype(np.uint8)
+    config = SynthesisConfig(geometry="640geo", image_size=64, num_views=60, device="cpu", seed=0)
+    report = synthesize_dataset(demo_sources(2, 0, "train"), masks, root, "train", config, mask_indices=[0, 1], progress=False)
+    assert not report.failures
+    return root, config.resolve_tag()
+
+
+def test_train_config_runs_eqreg(tmp_path, tiny_syndeeplesion):
+    from monai.bundle import ConfigWorkflow
+
+    root, tag = tiny_syndeeplesion
+    small = {"backbone": "dicdnet", "kwargs": {"num_stages": 1, "features": 8, "num_filters": 8, "num_res_blocks": 1, "group_order": 4}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        workflow = ConfigWorkflow(
+            config_file=str(CONFIGS / "train.yaml"),
+            meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=False,
+            workflow_type="train",
+            bundle_root=str(BUNDLE),
+            dataset_dir=str(root),
+            geometry_tag=tag,
+            train_masks=[0, 1],
+            max_epochs=1,
+            iters_per_epoch=3,
+            batch_size=2,
+            patch_size=32,
+            network_spec=small,
+            output_model=str(tmp_path / "model.pt"),
+            **{"eqreg#elements": [1, 2, 3]},  # no identity draw: every step has a nonzero residual
+        )
+        try:
+            workflow.initialize()
+            workflow.run()
+        finally:
+            from monai.utils import set_determinism
+
+            set_determinism(seed=None)  # the config's initialize seeded the global generators
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    eqreg = workflow.parser.get_parsed_content("eqreg")
+    workflow.finalize()
+    assert trainer.state.iteration == 3
+    assert trainer.prepare_batch == eqreg.prepare_batch  # the paired batch [x ; g.x]
+    output = trainer.state.output[0]
+    assert float(output["eq_reg"]) > 0 and np.isfinite(float(output["loss"]))
+    assert not eqreg.hooks_registered  # removed at COMPLETED
+    # the trained model is a strict, self-describing model file usable by inference
+    network, payload = load_mar_model(tmp_path / "model.pt")
+    assert payload["network"] == small and payload["meta"]["geometry_tag"] == tag
+    assert payload["meta"]["iterations"] == 3 and model_geometry(payload["meta"]).image_size == 64
+
+
+def test_model_saver_checks_the_spec(tmp_path):
+    spec = network_spec("dicdnet", num_stages=1, features=8, num_filters=8, num_res_blocks=1)
+    other = network_spec("dicdnet", num_stages=2, features=8, num_filters=8, num_res_blocks=1)
+    with pytest.raises(ValueError, match="does not match spec"):
+        MARModelSaver(tmp_path / "m.pt", build_from_spec(spec), other, TAG)()
+    path = MARModelSaver(tmp_path / "m.pt", build_from_spec(spec), spec, TAG, image_size=128)()
+    assert load_mar_model(path)[1]["meta"] == {"geometry_tag": TAG, "image_size": 128}
+
+
+# ----------------------------------------------------------------------- parallel-beam fallback
+def test_parallel_beam_fbp_reconstructs():
+    n = 64
+    projector = ParallelBeamProjector(n)
+    rows, cols = np.mgrid[:n, :n] - (n - 1) / 2
+    image = ((cols / 22.0) ** 2 + (rows / 16.0) ** 2 <= 1).astype(np.float32) * 0.2
+    sinogram = projector.forward(image)
+    assert sinogram.shape == (projector.num_views, projector.num_bins)
+    np.testing.assert_allclose(sinogram.sum(axis=1), image.sum(), rtol=1e-4)  # every view sees all mass
+    inside = (cols / 20.0) ** 2 + (rows / 14.0) ** 2 <= 1
+    assert abs(projector.fbp(sinogram)[inside].mean() - 0.2) < 2e-3
+    with pytest.raises(ValueError, match="must be"):
+        projector.forward(np.zeros((n, n + 1)))
+
+
+def test_parallel_li_matches_fanbeam_li(artifact_slices):
+    """Where ASTRA is missing, the fallback LI removes streaks about as well as eqmar's physics."""
+    from eqmar.ct.physics import hu_to_mu, mu_to_hu
+
+    artifact, clean = artifact_slices["artifact"], artifact_slices["clean"]
+    metal = artifact > DEFAULT_METAL_THRESHOLD_HU
+    parallel = mu_to_hu(image_domain_li(hu_to_mu(artifact), metal, ParallelBeamProjector(SIZE)))
+    before, fallback = streak_rmse(artifact, clean, metal), streak_rmse(parallel, clean, metal)
+    print(f"LI streak RMSE outside metal: input {before:.1f} HU, parallel-beam LI {fallback:.1f} HU")
+    assert fallback < 0.9 * before  # measured 185.7 -> 147.3 HU
+    if fanbeam_physics_available():
+        from eqmar.ct.projector import Projector
+
+        with Projector(model_geometry({"geometry_tag": TAG}), device="cpu") as projector:
+            fan = mu_to_hu(image_domain_li(hu_to_mu(artifact), metal, projector))
+        assert fallback < 1.1 * streak_rmse(fan, clean, metal)  # measured 147.3 vs 171.1 HU
+
+
+def test_inferer_on_plain_and_2d_tensors(demo_model, artifact_slices):
+    """Without an affine the identity (RAS) is assumed; 2-D inputs are single slices."""
+    network = load_mar_weights(build_from_spec(load_mar_model(demo_model)[1]["network"]), demo_model)
+    inferer = MARVolumeInferer(demo_model, li_projector="parallel", trace_model="line")
+    artifact = artifact_slices["artifact"]
+    voxels = axial_to_nifti(artifact[None], np.eye(4))[..., 0]
+    out = inferer(torch.from_numpy(voxels)[None, None], network)
+    assert out.shape == (1, 1, SIZE, SIZE) and out.dtype == torch.float32
+    assert inferer.last_infos[0][0]["metal_pixels"] > 0
+    with pytest.raises(ValueError, match="expected a"):
+        inferer(torch.zeros(1, 2, 8, 8), network)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+@pytest.mark.slow
+def test_cli_run_and_verify(tmp_path, demo_model, artifact_slices):
+    """The documented commands, as subprocesses (``python -m monai.bundle`` needs ``fire``)."""
+    pytest.importorskip("fire", reason="python -m monai.bundle needs fire (add it to eqmar's dependencies)")
+    import nibabel as nib
+
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    source = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(axial_to_nifti(artifact_slices["artifact"][None], affine), affine), str(source))
+    common = ["--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE)]
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.yaml"), *common,
+         "--input", str(source), "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "out" / "ct_mar.nii.gz").is_file()
+    verify = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--config_file",
+         str(CONFIGS / "inference.yaml"), *common],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert verify.returncode == 0 and "verified with no error" in verify.stdout + verify.stderr, verify.stderr[-3000:]
+    shutil.rmtree(tmp_path / "out")
