@@ -15,11 +15,15 @@ from eqmar.networks.blocks import MAROutput, proximal_conv_names
 from eqmar.networks.dicdnet import DICDNet
 from eqmar.networks.group_equivariant import StrictClassifier, StrictRestorationNet, count_parameters, match_fields
 from eqmar.networks.oscnet import OSCNet
+from eqmar.networks.rcdnet import DerainOutput, RCDNet, background_conv_names
 
 __all__ = [
     "ACDNet",
     "DICDNet",
     "OSCNet",
+    "RCDNet",
+    "DerainOutput",
+    "background_conv_names",
     "MAROutput",
     "MARResidualUNet",
     "StrictClassifier",

@@ -11,6 +11,9 @@ DICDNet, ACDNet and OSCNet all alternate the same three ingredients over ``T`` s
 This module keeps everything the three backbones share: input splitting and validation, the
 proximal networks, the dictionary initialisation, the convolution / adjoint pair, the image update,
 the typed training-mode output, and :func:`proximal_conv_names` (which EQ-Reg uses to pick layers).
+The same unrolled scheme with ``C`` image channels and no mask is RCDNet for deraining (the MAR
+networks' ancestor), so the dictionary, the initialiser and the updates accept ``C`` image channels
+(``image_channels``, default 1: the MAR networks are unchanged).
 
 Units: the published networks operate on attenuation maps multiplied by 255 (µ clipped to [0, 1]
 then scaled), and their thresholds, step sizes and loss weights are tuned for that range. The
@@ -231,7 +234,7 @@ def learnable_scalar(value: float) -> nn.Parameter:
     return nn.Parameter(torch.tensor([float(value)]))
 
 
-def oriented_gaussian_dictionary(num_filters: int, kernel_size: int = 9) -> torch.Tensor:
+def oriented_gaussian_dictionary(num_filters: int, kernel_size: int = 9, image_channels: int = 1) -> torch.Tensor:
     """Deterministic initial dictionary: unit-norm oriented anisotropic Gaussians.
 
     The authors initialise from a Gaussian filter bank stored in a ``.mat`` file that is not
@@ -242,15 +245,17 @@ def oriented_gaussian_dictionary(num_filters: int, kernel_size: int = 9) -> torc
     Args:
         num_filters: number of filters.
         kernel_size: odd filter size.
+        image_channels: image channels ``C``; every channel starts with the same filter (rain and
+            metal streaks are colourless), each of unit norm.
 
     Returns:
-        tensor ``(1, num_filters, kernel_size, kernel_size)`` (the layout of a conv weight that
-        maps ``num_filters`` feature maps to one artifact image).
+        tensor ``(C, num_filters, kernel_size, kernel_size)`` (the layout of a conv weight that
+        maps ``num_filters`` feature maps to a ``C``-channel artifact image).
     """
-    if num_filters < 1 or kernel_size < 1 or kernel_size % 2 == 0:
+    if num_filters < 1 or kernel_size < 1 or kernel_size % 2 == 0 or image_channels < 1:
         raise ValueError(
-            f"need num_filters >= 1 and an odd kernel_size, got num_filters={num_filters}, "
-            f"kernel_size={kernel_size}."
+            f"need num_filters >= 1, image_channels >= 1 and an odd kernel_size, got num_filters={num_filters}, "
+            f"image_channels={image_channels}, kernel_size={kernel_size}."
         )
     half = kernel_size // 2
     coords = torch.arange(-half, half + 1, dtype=torch.float64)
@@ -263,7 +268,7 @@ def oriented_gaussian_dictionary(num_filters: int, kernel_size: int = 9) -> torc
     across = -xx * torch.sin(theta) + yy * torch.cos(theta)
     bank = torch.exp(-0.5 * ((along / sigma_long) ** 2 + (across / sigma_short) ** 2))
     bank = bank / bank.flatten(1).norm(dim=1).view(-1, 1, 1)
-    return bank.unsqueeze(0).float()
+    return bank.unsqueeze(0).expand(image_channels, -1, -1, -1).float().contiguous()
 
 
 def _flipped(filters: torch.Tensor) -> torch.Tensor:
@@ -278,39 +283,50 @@ def synthesize(feature_maps: torch.Tensor, filters: torch.Tensor) -> torch.Tenso
 
     Args:
         feature_maps: ``(B, K, H, W)``.
-        filters: ``(1, K, k, k)`` dictionary.
+        filters: ``(C, K, k, k)`` dictionary (``C`` = 1 for CT, 3 for colour deraining).
+
+    Returns:
+        ``(B, C, H, W)``.
     """
     return F.conv_transpose2d(feature_maps, _flipped(filters), padding=filters.shape[-1] // 2)
 
 
 def analyze(residual: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Adjoint of :func:`synthesize`: ``C_k^T ⋆ R`` for every filter, ``(B, 1, H, W) -> (B, K, H, W)``."""
+    """Adjoint of :func:`synthesize`: ``Σ_c C_ck^T ⋆ R_c`` for every filter, ``(B, C, H, W) -> (B, K, H, W)``."""
     return F.conv2d(residual, _flipped(filters), padding=filters.shape[-1] // 2)
 
 
 class ImageInitializer(nn.Module):
-    """Initial image ``X_0`` and auxiliary channels ``Q_0`` from the LI image.
+    """Initial image ``X_0`` and auxiliary channels ``Q_0`` from a first estimate (LI, or the rainy image).
 
-    ``Q_0`` starts as ``features - 1`` learnable 3×3 filters applied to LI (all initialised as the
-    3×3 mean filter, as published); ``[X_0, Q_0] = x_net([LI, Q_0])``.
+    ``Q_0`` starts as ``features - C`` learnable 3×3 filters applied to the ``C``-channel estimate
+    (all initialised as the 3×3 mean filter, as published for DICDNet and RCDNet);
+    ``[X_0, Q_0] = x_net([estimate, Q_0])``.
 
     Args:
-        features: X-net width (image channel + auxiliary channels).
+        features: X-net width (image channels + auxiliary channels).
         num_res_blocks: residual blocks of the X-net.
         kernel_size: conv kernel size of the X-net.
+        image_channels: image channels ``C`` (1 for CT, 3 for colour).
     """
 
-    def __init__(self, features: int, num_res_blocks: int, kernel_size: int) -> None:
+    def __init__(self, features: int, num_res_blocks: int, kernel_size: int, image_channels: int = 1) -> None:
         super().__init__()
-        if features < 2:
-            raise ValueError(f"features must be >= 2 (image + auxiliary channels), got {features}.")
-        self.aux_filters = nn.Parameter(torch.full((features - 1, 1, 3, 3), 1.0 / 9.0))
+        if image_channels < 1:
+            raise ValueError(f"image_channels must be >= 1, got {image_channels}.")
+        if features <= image_channels:
+            raise ValueError(
+                f"features must be > image_channels={image_channels} (image + auxiliary channels), got {features}."
+            )
+        self.image_channels = int(image_channels)
+        self.aux_filters = nn.Parameter(torch.full((features - image_channels, image_channels, 3, 3), 1.0 / 9.0))
         self.x_net = ProximalNet(features, num_res_blocks, kernel_size)
 
     def forward(self, li: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         aux = F.conv2d(li, self.aux_filters, padding=1)
         xq = self.x_net(torch.cat((li, aux), dim=1))
-        return xq[:, :1], xq[:, 1:]
+        c = self.image_channels
+        return xq[:, :c], xq[:, c:]
 
 
 def image_update(
@@ -320,9 +336,12 @@ def image_update(
     aux: torch.Tensor,
     artifact: torch.Tensor,
     ma: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Proximal gradient step on ``X`` for ``½‖mask ⊙ (ma - A - X)‖²``, then the X-net.
+
+    ``image`` has ``C`` channels (the first ``C`` channels of the X-net output are the new image);
+    ``mask`` may be the float ``1.0`` where every pixel is observed (deraining).
 
     Returns:
         ``(X, Q, XQ)``: the new image, the new auxiliary channels and their concatenation (the
@@ -331,7 +350,8 @@ def image_update(
     step = eta_x * UPDATE_SCALE * mask
     x_mid = image + step * (ma - artifact - image)
     xq = x_net(torch.cat((x_mid, aux), dim=1))
-    return xq[:, :1], xq[:, 1:], xq
+    c = image.shape[1]
+    return xq[:, :c], xq[:, c:], xq
 
 
 def proximal_conv_names(
@@ -375,28 +395,36 @@ def proximal_conv_names(
 
 
 class ConvDictionary(nn.Module):
-    """A learnable convolutional dictionary ``(1, K, k, k)``.
+    """A learnable convolutional dictionary ``(C, K, k, k)`` (``C`` image channels, ``K`` filters).
 
     ``forward()`` returns the filters times :data:`UPDATE_SCALE` (the published "/10").
 
     Args:
         num_filters: number of filters ``K`` (ignored when ``initial`` is given).
         kernel_size: odd filter size (ignored when ``initial`` is given).
-        initial: optional initial filters ``(1, K, k, k)``; default :func:`oriented_gaussian_dictionary`.
+        initial: optional initial filters ``(C, K, k, k)``; default :func:`oriented_gaussian_dictionary`.
+        image_channels: ``C`` when ``initial`` is not given (1 for CT, 3 for colour deraining).
     """
 
-    def __init__(self, num_filters: int = 32, kernel_size: int = 9, initial: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, num_filters: int = 32, kernel_size: int = 9, initial: torch.Tensor | None = None, image_channels: int = 1
+    ) -> None:
         super().__init__()
         if initial is None:
-            initial = oriented_gaussian_dictionary(num_filters, kernel_size)
-        if initial.ndim != 4 or initial.shape[0] != 1:
-            raise ValueError(f"initial filters must have shape (1, K, k, k), got {tuple(initial.shape)}.")
+            initial = oriented_gaussian_dictionary(num_filters, kernel_size, image_channels)
+        if initial.ndim != 4:
+            raise ValueError(f"initial filters must have shape (C, K, k, k), got {tuple(initial.shape)}.")
         self.weight = nn.Parameter(initial.detach().clone())
 
     @property
     def num_atoms(self) -> int:
         """Number of filters, i.e. of feature-map channels."""
         return int(self.weight.shape[1])
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the synthesised artifact / rain layer."""
+        return int(self.weight.shape[0])
 
     def raw_filters(self) -> torch.Tensor:
         """Filters without the update scale."""
@@ -413,7 +441,7 @@ def feature_map_update(
     artifact: torch.Tensor | None,
     image: torch.Tensor,
     ma: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | float,
     filters: torch.Tensor,
     threshold: torch.Tensor,
 ) -> torch.Tensor:
@@ -446,7 +474,7 @@ def run_common_dictionary_stages(
     image: torch.Tensor,
     aux: torch.Tensor,
     ma: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | float,
     filters: torch.Tensor,
     first_filters: torch.Tensor,
     threshold: torch.Tensor,
@@ -456,7 +484,8 @@ def run_common_dictionary_stages(
     Args:
         stages: the stages; the first must have ``eta_m=None``.
         image, aux: initial image and auxiliary channels.
-        ma, mask: metal-affected image and non-metal mask (scaled units).
+        ma, mask: metal-affected image and non-metal mask (scaled units); for deraining the
+            rainy image and ``1.0`` (every pixel observed).
         filters: dictionary used for synthesis and later gradient steps.
         first_filters: dictionary used for the first back-projection (DICDNet learns a separate one).
         threshold: soft threshold of the first back-projection.

@@ -1,0 +1,83 @@
+"""The command line every recipe shares: flags, overrides, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from eqmar.engines.cli import add_experiment_arguments, collect_overrides, run_experiment_cli
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.py"))
+
+
+@dataclass
+class _Config:
+    output_dir: Path = Path("out")
+    data: Path | None = None
+    epochs: int = 1
+    weight: float = 0.0
+    arms: tuple[str, ...] = ("plain",)
+    resume: bool = False
+    progress: bool = True
+
+    @classmethod
+    def published(cls, data, **overrides):
+        return replace(cls(data=Path(data)), **overrides)
+
+    @classmethod
+    def demo_default(cls, **overrides):
+        return replace(cls(), **overrides)
+
+
+def _run(cfg: _Config) -> dict:
+    if cfg.epochs < 0:
+        raise ValueError("epochs must be >= 0")
+    return {"cfg": cfg}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = add_experiment_arguments(argparse.ArgumentParser(), "runs/x", patches=False, iterations=False)
+    return parser.parse_args(argv)
+
+
+def test_only_the_flags_a_user_sets_become_overrides() -> None:
+    args = _parse(["--epochs", "3", "--lambda", "0.5", "--arm", "eqreg", "--arm", "eqreg", "--no-progress"])
+    overrides = collect_overrides(args)
+    assert overrides == {
+        "epochs": 3, "weight": 0.5, "arms": ("eqreg",), "output_dir": Path("runs/x"), "resume": False, "progress": False,
+    }
+
+
+def test_run_experiment_cli_builds_the_demo_or_published_config(tmp_path, capsys) -> None:
+    args = _parse(["--epochs", "2"])
+    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"epochs={r['cfg'].epochs}") == 0
+    assert "epochs=2" in capsys.readouterr().out
+    args = _parse(["--data", str(tmp_path)])
+    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"data={c.data}") == 0
+    assert f"data={tmp_path}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--data", "/no/such/folder"], ["--epochs", "-1"]])
+def test_user_errors_exit_2_with_one_line(argv, capsys) -> None:
+    args = _parse(argv)
+    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: "") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.name != "bootstrap.py"], ids=lambda p: p.name)
+def test_every_recipe_has_help_and_the_shared_flags(recipe: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        _main(recipe)(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--out", "--arm", "--epochs", "--lambda", "--seed", "--resume", "--nproc"):
+        assert flag in text, f"{recipe.name} lacks {flag}"
+
+
+def _main(recipe: Path):
+    return runpy.run_path(str(recipe))["main"]
