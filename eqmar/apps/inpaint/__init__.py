@@ -15,6 +15,7 @@ from eqmar.apps.inpaint.workflow import (
     build_strict_network,
     inpainting_degradation,
     run_inpainting_experiment,
+    strict_group,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "build_strict_network",
     "inpainting_degradation",
     "run_inpainting_experiment",
+    "strict_group",
 ]

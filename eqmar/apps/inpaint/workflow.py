@@ -31,6 +31,7 @@ __all__ = [
     "build_inpainting_network",
     "build_strict_network",
     "run_inpainting_experiment",
+    "strict_group",
 ]
 
 
@@ -49,7 +50,7 @@ class InpaintingConfig:
         average_size: window of the masked average the networks correct (also a table row).
         threads: torch CPU threads during the run (None: torch's default). The demo uses 1: its
             small convolutions gain little from a second thread, and on a busy shared CPU OpenMP
-            spin-waiting made the plain arm take 528–674 s with 2 threads instead of 15–17 s.
+            spin-waiting made the plain arm take 528–674 s with 2 threads instead of 15–21 s.
         weight: EQ-Reg λ (published Frobenius norm, summed over the regularised convs).
         other fields: as :class:`~eqmar.apps.restoration.RestorationExperimentConfig`.
     """

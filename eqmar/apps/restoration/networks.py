@@ -85,7 +85,8 @@ def _he_init(network: nn.Module) -> None:
     The group convs default to PyTorch's conv initialisation, which shrinks activations about
     2.5-fold per ReLU layer; without normalisation layers a 5-layer strict network then started with
     features below 1 % of its input's scale and barely trained in 300 iterations of the inpainting
-    demo (one seed of three stayed at its starting point). The U-Net it is compared with keeps its scale through instance normalisation.
+    demo (one seed of three stayed at its starting point). The U-Net it is compared with keeps its
+    scale through instance normalisation.
     """
     from eqmar.equivariance.gconv import GroupConv2d, GroupLiftingConv2d
 
@@ -104,6 +105,7 @@ def matched_strict_network(
     residual: bool = True,
     zero_init: bool = True,
     base: nn.Module | None = None,
+    he_init: bool = True,
 ) -> nn.Module:
     """A :class:`~eqmar.networks.StrictRestorationNet` with about as many parameters as ``reference``.
 
@@ -116,6 +118,8 @@ def matched_strict_network(
         residual: add the input's first ``out_channels`` channels (:class:`ResidualRestorationNet`).
         zero_init: zero the final 1×1 conv, as :func:`restoration_unet` does, so both start alike.
         base: first estimate for the residual (must be rotation-equivariant to keep the network so).
+        he_init: re-initialise the group convolutions with He initialisation (see :func:`_he_init`);
+            False keeps :class:`~eqmar.networks.StrictRestorationNet`'s default.
     """
     from eqmar.networks import StrictRestorationNet, count_parameters, match_fields
 
@@ -124,7 +128,8 @@ def matched_strict_network(
 
     target = reference if isinstance(reference, int) else count_parameters(reference)
     net = build(match_fields(build, target))
-    _he_init(net)
+    if he_init:
+        _he_init(net)
     if zero_init:
         nn.init.zeros_(net.head.weight)
         nn.init.zeros_(net.head.bias)
