@@ -249,7 +249,7 @@ def _data(cfg: DerainExperimentConfig) -> dict[str, Any]:
 
 def restoration_config(cfg: DerainExperimentConfig) -> Any:
     """The :class:`~eqmar.apps.restoration.RestorationExperimentConfig` of this deraining experiment."""
-    from eqmar.apps.restoration import RestorationExperimentConfig
+    from eqmar.apps.restoration import RestorationExperimentConfig, training_settings
     from eqmar.losses import DerainLoss
     from eqmar.networks import count_parameters
 
@@ -275,30 +275,13 @@ def restoration_config(cfg: DerainExperimentConfig) -> Any:
         loss_function=DerainLoss(),
         y_channel=cfg.in_channels == 3,
         quantize=True,
-        arms=tuple(cfg.arms),
-        seed=cfg.seed,
-        test_seed=cfg.test_seed,
-        epochs=cfg.epochs,
-        iters_per_epoch=cfg.iters_per_epoch,
-        batch_size=cfg.batch_size,
-        patch_size=cfg.patch_size,
-        lr=cfg.lr,
+        **training_settings(cfg),
         milestones=tuple(cfg.milestones),
         lr_decay=cfg.gamma,
-        weight=cfg.weight,
-        group=cfg.group,
-        reduction=cfg.reduction,
         layers=regularised_layers(cfg, reference),
-        test_size=cfg.test_size,
         square_test_crops=cfg.data is None or cfg.test_size is not None,
         size_multiple=4,
         probe_size=64,
-        output_dir=Path(cfg.output_dir),
-        device=cfg.device,
-        resume=cfg.resume,
-        checkpoint_interval=cfg.checkpoint_interval,
-        progress=cfg.progress,
-        workers=cfg.workers,
         meta=meta,
     )
 

@@ -159,7 +159,7 @@ def run_inpainting_experiment(cfg: InpaintingConfig) -> dict[str, Any]:
         The content of ``results.json``.
     """
     from eqmar.apps.inpaint.networks import MaskedAverage
-    from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment
+    from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment, training_settings
 
     if cfg.patch_size < 32:
         # BasicUNet pools four times and instance-normalises: a 16-pixel patch leaves 1x1 maps.
@@ -178,25 +178,8 @@ def run_inpainting_experiment(cfg: InpaintingConfig) -> dict[str, Any]:
         degradation=inpainting_degradation(cfg.rate, cfg.gamma),
         image_channels=cfg.channels,
         baselines={f"masked {cfg.average_size}×{cfg.average_size} average": MaskedAverage(cfg.average_size)},
-        arms=cfg.arms,
-        seed=cfg.seed,
-        test_seed=cfg.test_seed,
-        epochs=cfg.epochs,
-        iters_per_epoch=cfg.iters_per_epoch,
-        batch_size=cfg.batch_size,
-        patch_size=cfg.patch_size,
-        lr=cfg.lr,
+        **training_settings(cfg),
         milestones=cfg.milestones,
-        weight=cfg.weight,
-        group=cfg.group,
-        reduction=cfg.reduction,
-        test_size=cfg.test_size,
-        output_dir=Path(cfg.output_dir),
-        device=cfg.device,
-        resume=cfg.resume,
-        checkpoint_interval=cfg.checkpoint_interval,
-        progress=cfg.progress,
-        workers=cfg.workers,
         meta={
             "data": source, "color": cfg.color, "rate": cfg.rate, "gamma": cfg.gamma, "features": list(cfg.features),
             "strict_depth": cfg.strict_depth, "average_size": cfg.average_size,

@@ -18,6 +18,7 @@ from eqmar.apps.restoration.experiment import (
     run_restoration_experiment,
     strict_label,
     training_loader,
+    training_settings,
 )
 from eqmar.apps.restoration.metrics import (
     RestorationPSNR,
@@ -63,4 +64,5 @@ __all__ = [
     "square_crop_size",
     "strict_label",
     "training_loader",
+    "training_settings",
 ]

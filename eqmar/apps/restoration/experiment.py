@@ -44,6 +44,7 @@ __all__ = [
     "degraded_test_items",
     "evaluate_restoration",
     "strict_label",
+    "training_settings",
 ]
 
 logger = logging.getLogger("eqmar.restoration")
@@ -147,6 +148,20 @@ class RestorationExperimentConfig:
     progress: bool = True
     workers: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+# Settings a task config (deraining, inpainting) passes to the runner under the same names.
+_TRAINING_FIELDS = (
+    "seed", "test_seed", "epochs", "iters_per_epoch", "batch_size", "patch_size", "lr", "weight", "group",
+    "reduction", "test_size", "device", "resume", "checkpoint_interval", "progress", "workers",
+)
+
+
+def training_settings(task_config: Any) -> dict[str, Any]:
+    """The runner settings a task config shares by name (arms, budget, optimiser, EQ-Reg, devices, output)."""
+    settings = {name: getattr(task_config, name) for name in _TRAINING_FIELDS}
+    settings.update(arms=tuple(task_config.arms), output_dir=Path(task_config.output_dir))
+    return settings
 
 
 def strict_label(group: str) -> str:
