@@ -129,6 +129,7 @@ def plot_image_grid(
     title: str | None = None,
     value_range: tuple[float, float] = (0.0, 1.0),
     cmap: str = "gray",
+    cell_size: tuple[float, float] = (2.2, 2.3),
 ) -> Path:
     """Write a PNG grid: one row per example, one column per method (input, each arm, ground truth).
 
@@ -139,6 +140,7 @@ def plot_image_grid(
         title: figure title.
         value_range: display range (RGB images are clipped to it and rescaled to [0, 1]).
         cmap: colour map of grey images.
+        cell_size: width and height of one panel in inches.
 
     In a distributed run only rank 0 draws and writes; every rank gets the path.
     """
@@ -153,7 +155,7 @@ def plot_image_grid(
         raise ValueError("plot_image_grid: no rows to plot.")
     columns = list(rows[0])
     low, high = value_range
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.2 * len(columns), 2.3 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(cell_size[0] * len(columns), cell_size[1] * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, name in enumerate(columns):
             ax = axes[r][c]

@@ -36,29 +36,12 @@ def plot_mar_examples(
         captions: optional per-cell text (e.g. PSNR/SSIM) with the same keys.
         title: figure title.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from eqmar.engines.report import plot_image_grid
 
     if not rows:
         raise ValueError("plot_mar_examples: no rows to plot.")
-    columns = list(rows[0])
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns), 2.5 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        for c, name in enumerate(columns):
-            ax = axes[r][c]
-            ax.imshow(mu_to_hu(_image(row[name])), cmap="gray", vmin=window[0], vmax=window[1])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-            if captions is not None and name in captions[r]:
-                ax.set_xlabel(captions[r][name], fontsize=7)
-    fig.suptitle(title or f"window [{window[0]:g}, {window[1]:g}] HU", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    in_hu = [{name: mu_to_hu(_image(image)) for name, image in row.items()} for row in rows]
+    return plot_image_grid(
+        in_hu, path, captions=captions, title=title or f"window [{window[0]:g}, {window[1]:g}] HU",
+        value_range=window, cell_size=(2.4, 2.5),
+    )
