@@ -232,3 +232,39 @@ def test_layers_by_predicate_and_regex() -> None:
     assert list(by_regex.layers) == [f"down_{i}.convs.conv_0.conv" for i in range(1, 5)]
     by_pred = EQReg(net, layers=lambda name, m: isinstance(m, nn.Conv2d) and name.startswith("upcat"))
     assert len(by_pred.layers) == 8 and get_group("C4").order == 4
+
+
+def test_hook_gradients_equal_an_independent_reference_with_in_place_activations() -> None:
+    """EQ-Reg's hooks pass each layer's output on; with ``ReLU(inplace=True)`` after every conv the
+    parameter gradients still equal those of ``task + λ Σ residual`` built from the generic formula."""
+    from eqmar.equivariance import equivariance_residual
+
+    def make_net() -> nn.Sequential:
+        torch.manual_seed(3)
+        return nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(8, 1, 3, padding=1),
+        )
+
+    x, y = torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)
+    weight, n = 0.3, 1
+
+    hooked = make_net()
+    eqreg = EQReg(hooked, layers=["0", "2"], weight=weight)
+    px, py = eqreg.pair((x, y), n)
+    loss = nn.functional.mse_loss(hooked(px), py) + weight * eqreg.pop_term()
+    loss.backward()
+
+    reference = make_net()
+    residuals: list[torch.Tensor] = []
+    for index in (0, 2):
+        reference[index].register_forward_hook(
+            lambda m, i, out: residuals.append(equivariance_residual(out[:2], out[2:], n))
+        )
+    loss_ref = nn.functional.mse_loss(reference(px), py) + weight * torch.stack(residuals).sum()
+    loss_ref.backward()
+
+    assert torch.allclose(loss, loss_ref)
+    for (name, p), p_ref in zip(hooked.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, p_ref.grad, atol=1e-6), name

@@ -106,3 +106,35 @@ def test_paired_residual_gradcheck_and_identity() -> None:
     assert residual == 0 and torch.count_nonzero(grad) == 0
     with pytest.raises(ValueError, match="batch of 2 x 3"):
         paired_residual(torch.zeros(4, 4, 4, 4), 3, 1)
+
+
+@pytest.mark.parametrize(("group", "n"), [("C4", 0), ("C4", 1), ("C4", 2), ("C4", 3), ("C2", 1), ("D4", 6)])
+def test_tapped_residual_gradient_sums_both_paths(group: str, n: int) -> None:
+    """The pass-through features and the residual together give the gradient of their sum."""
+    from eqmar.equivariance.functional import tapped_residual
+
+    torch.manual_seed(0)
+    features = torch.randn(4, 8, 6, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, 8, 6, 6, dtype=torch.float64)
+
+    def objective(t: torch.Tensor) -> torch.Tensor:
+        passed_on, residual = tapped_residual(t, 2, n, group)
+        return (passed_on * weights).sum() + 1.3 * residual
+
+    if n:  # the norm is not differentiable where the difference vanishes (n = 0 on a deterministic layer)
+        assert torch.autograd.gradcheck(objective, (features,))
+    passed_on, residual = tapped_residual(features, 2, n, group)
+    assert passed_on.data_ptr() == features.data_ptr()  # no copy of the features
+    assert torch.allclose(residual, equivariance_residual(features[:2], features[2:], n, group))
+    (unused_residual_grad,) = torch.autograd.grad((passed_on * weights).sum(), features)
+    assert torch.equal(unused_residual_grad, weights)
+
+
+def test_tapped_residual_allows_in_place_ops_downstream() -> None:
+    from eqmar.equivariance.functional import tapped_residual
+
+    features = torch.randn(4, 4, 5, 5, requires_grad=True)
+    passed_on, residual = tapped_residual(features * 1.0, 2, 1)
+    torch.relu_(passed_on)  # as nn.ReLU(inplace=True) after a hooked conv would
+    (passed_on.sum() + residual).backward()
+    assert features.grad is not None and torch.isfinite(features.grad).all()

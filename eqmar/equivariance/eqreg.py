@@ -5,7 +5,10 @@ One :class:`EQReg` object does three things around a MONAI ``SupervisedTrainer``
 1. ``prepare_batch`` draws one group element ``g`` per iteration and turns the batch into the paired
    batch ``[x ; g · x]`` with targets ``[y ; g · y]`` (so the trainer's single forward pass sees both);
 2. forward hooks on the chosen layers compute, during that one forward pass, the per-layer residual
-   ``|| g · F(x) - shift_g(F(g · x)) ||`` from the two halves of each layer's output;
+   ``|| g · F(x) - shift_g(F(g · x)) ||`` from the two halves of each layer's output. Each hook hands
+   the output on unchanged (the same storage, through one autograd node), so that the backward pass
+   adds the residual's gradient to the network's gradient in a single pass
+   (:func:`~eqmar.equivariance.functional.tapped_residual`);
 3. ``attach(engine)`` adds ``weight · Σ residuals`` to ``engine.state.output["loss"]`` at
    ``IterationEvents.LOSS_COMPLETED`` (before the trainer calls ``backward``) and stores the
    unweighted sum in ``engine.state.output["eq_reg"]`` for logging.
@@ -28,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from eqmar.equivariance.functional import Reduction, paired_residual
+from eqmar.equivariance.functional import Reduction, tapped_residual
 from eqmar.equivariance.groups import RotationGroup
 from eqmar.equivariance.layers import LayerSpec, check_channel_divisibility, select_layers, unwrap_network
 from eqmar.equivariance.pairing import RotationPairing, infer_batch_size
@@ -42,6 +45,13 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     return None
+
+
+def _replace_first_tensor(output: Any, tensor: torch.Tensor) -> Any:
+    """``output`` with the tensor that :func:`_first_tensor` found swapped for ``tensor``."""
+    if isinstance(output, torch.Tensor):
+        return tensor
+    return type(output)([tensor, *output[1:]]) if isinstance(output, list) else (tensor, *output[1:])
 
 
 class EQReg(RotationPairing):
@@ -119,9 +129,9 @@ class EQReg(RotationPairing):
         return bool(self._handles)
 
     def _make_hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
             if self._element is None or not module.training:
-                return
+                return None
             features = _first_tensor(output)
             if features is None or features.ndim != 4:
                 raise ValueError(f"EQ-Reg: layer {name!r} must output a (B, C, H, W) tensor, got {type(output).__name__}.")
@@ -135,7 +145,11 @@ class EQReg(RotationPairing):
                     f"EQ-Reg: layer {name!r} saw batch size {features.shape[0]}, expected the paired batch "
                     f"2 x {self._half}. Does the network split or reshape the batch dimension?"
                 )
-            self._residuals.append(paired_residual(features, self._half, self._element, self.group, self.reduction))
+            passed_on, residual = tapped_residual(features, self._half, self._element, self.group, self.reduction)
+            self._residuals.append(residual)
+            # the layer's output is replaced by its pass-through alias so that the backward adds the
+            # residual's gradient to the network's in one pass (see tapped_residual)
+            return _replace_first_tensor(output, passed_on)
 
         return hook
 

@@ -23,9 +23,11 @@ from typing import Literal
 
 import torch
 
+from torch.autograd.function import once_differentiable
+
 from eqmar.equivariance.groups import RotationGroup, _CyclicRot90, get_group
 
-__all__ = ["equivariance_difference", "equivariance_residual", "paired_residual", "Reduction"]
+__all__ = ["equivariance_difference", "equivariance_residual", "paired_residual", "tapped_residual", "Reduction"]
 
 Reduction = Literal["norm", "mean"]
 
@@ -109,64 +111,123 @@ def equivariance_residual(
     return residual
 
 
+def _channel_groups(t: torch.Tensor, order: int) -> torch.Tensor:
+    """``(B, C, H, W)`` viewed as ``(B, C / order, order, H, W)`` (orientation index fastest)."""
+    # a plain view works on the transposed layouts rot90 returns; Tensor.unflatten costs more per call
+    return t.view(t.shape[0], -1, order, t.shape[2], t.shape[3])
+
+
 def _subtract_shifted(d: torch.Tensor, z1: torch.Tensor, n: int, grp: RotationGroup) -> None:
     """``d -= shift_n(z1)`` in place, without materialising the shifted tensor for cyclic groups."""
     order = grp.order
     if n == 0:
         d.sub_(z1)
     elif isinstance(grp, _CyclicRot90):
-        dv, zv = d.unflatten(1, (-1, order)), z1.unflatten(1, (-1, order))
+        dv, zv = _channel_groups(d, order), _channel_groups(z1, order)
         dv[:, :, : order - n].sub_(zv[:, :, n:])
         dv[:, :, order - n :].sub_(zv[:, :, :n])
     else:
         d.sub_(grp.shift(z1, n))
 
 
-def _write_unshifted_scaled(out: torch.Tensor, diff: torch.Tensor, factor: torch.Tensor, n: int, grp: RotationGroup) -> None:
-    """``out = factor * shift_n^T(diff)`` in one pass for cyclic groups (the ``z1`` half of the gradient)."""
+def _add_unshifted_scaled(
+    out: torch.Tensor, grad: torch.Tensor | None, diff: torch.Tensor, factor: torch.Tensor, n: int, grp: RotationGroup
+) -> None:
+    """``out = grad + factor * shift_n^T(diff)`` in one pass for cyclic groups (``grad=None`` reads as 0)."""
     order = grp.order
-    if n == 0:
-        torch.mul(diff, factor, out=out)
-    elif isinstance(grp, _CyclicRot90):
-        ov, dv = out.unflatten(1, (-1, order)), diff.unflatten(1, (-1, order))
-        torch.mul(dv[:, :, : order - n], factor, out=ov[:, :, n:])
-        torch.mul(dv[:, :, order - n :], factor, out=ov[:, :, :n])
-    else:
+    if n == 0 or not isinstance(grp, _CyclicRot90):
         # shift_g^T = shift_{g^-1} because the channel shift is a permutation.
-        torch.mul(grp.shift(diff, grp.inverse(n)), factor, out=out)
+        _add_scaled(out, grad, diff if n == 0 else grp.shift(diff, grp.inverse(n)), factor)
+        return
+    ov, dv = _channel_groups(out, order), _channel_groups(diff, order)
+    gv = None if grad is None else _channel_groups(grad, order)
+    _add_scaled(ov[:, :, n:], None if gv is None else gv[:, :, n:], dv[:, :, : order - n], factor)
+    _add_scaled(ov[:, :, :n], None if gv is None else gv[:, :, :n], dv[:, :, order - n :], factor)
 
 
-class _PairedResidual(torch.autograd.Function):
+def _add_scaled(out: torch.Tensor, grad: torch.Tensor | None, term: torch.Tensor, factor: torch.Tensor) -> None:
+    """``out = grad + factor * term`` (``out = factor * term`` without ``grad``), written into ``out``."""
+    if grad is None:
+        torch.mul(term, factor, out=out)
+    else:
+        torch.addcmul(grad, term, factor, out=out)
+
+
+class _TappedResidual(torch.autograd.Function):
     """``|| g · z[:B] - shift_g(z[B:]) ||`` on one paired feature tensor, with a lean backward.
 
-    Rotations by multiples of 90° and channel shifts are permutations, so their adjoints are their
-    inverses: the backward writes ``rot^-1(d) g / r`` and ``-shift^-1(d) g / r`` straight into the
-    two halves of one gradient buffer. Autograd's generic path would zero-fill and copy a
-    full-size buffer for every slice of the computation instead.
+    Returns ``(features, residual)``: the features pass through unchanged (sharing their storage),
+    so that a forward hook can hand them on in place of the layer's output. The backward then
+    receives the network's gradient for the features and the residual's gradient together and
+    writes their sum into one buffer: rotations by multiples of 90° and channel shifts are
+    permutations, so the residual's gradient is ``rot^-1(d) g / r`` on the first half and
+    ``-shift^-1(d) g / r`` on the second. Autograd's generic path would instead build the
+    residual's gradient in its own buffer (zero-filling and copying one full-size tensor per slice)
+    and then add it to the network's gradient in a further pass.
     """
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, half: int, n: int, grp: RotationGroup) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, features: torch.Tensor, half: int, n: int, grp: RotationGroup):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
         z0, z1 = _at_least_fp32(features[:half]), _at_least_fp32(features[half:])
         diff = grp.act(z0, n).clone() if n == 0 else grp.act(z0, n)
         _subtract_shifted(diff, z1, n, grp)
         norm = torch.linalg.vector_norm(diff)
         ctx.save_for_backward(diff, norm)
         ctx.half, ctx.n, ctx.grp, ctx.dtype = half, n, grp, features.dtype
-        return norm
+        # a detached alias rather than ``features`` itself: autograd would turn a returned input into
+        # a view, and a view made by a custom Function may not be modified in place (``ReLU(inplace=True)``
+        # after a conv); the alias shares the version counter, so misuse is still caught.
+        return features.detach(), norm
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    @once_differentiable
+    def backward(ctx, grad_features: torch.Tensor | None, grad_residual: torch.Tensor | None):  # type: ignore[override]
+        if grad_residual is None:  # the residual was not used in the loss
+            return grad_features, None, None, None
         diff, norm = ctx.saved_tensors
-        shape = (2 * ctx.half, *diff.shape[1:])
-        if norm == 0:  # zero subgradient at a zero difference (identity steps), never NaN
-            return torch.zeros(shape, dtype=ctx.dtype, device=diff.device), None, None, None
-        grad = torch.empty(shape, dtype=diff.dtype, device=diff.device)  # both halves are written below
-        factor = grad_output / norm
-        grp, n = ctx.grp, ctx.n
-        torch.mul(grp.act(diff, grp.inverse(n)), factor, out=grad[: ctx.half])
-        _write_unshifted_scaled(grad[ctx.half :], diff, -factor, n, grp)
-        return grad.to(ctx.dtype), None, None, None
+        half, n, grp = ctx.half, ctx.n, ctx.grp
+        # zero subgradient at a zero difference (identity steps), never NaN; no host sync on GPUs
+        factor = torch.nan_to_num(grad_residual / norm, nan=0.0, posinf=0.0, neginf=0.0)
+        out_dtype = ctx.dtype if grad_features is None else grad_features.dtype
+        grad = torch.empty((2 * half, *diff.shape[1:]), dtype=out_dtype, device=diff.device)
+        g0 = None if grad_features is None else grad_features[:half]
+        g1 = None if grad_features is None else grad_features[half:]
+        _add_scaled(grad[:half], g0, grp.act(diff, grp.inverse(n)), factor)
+        _add_unshifted_scaled(grad[half:], g1, diff, -factor, n, grp)
+        return grad, None, None, None
+
+
+def tapped_residual(
+    features: torch.Tensor,
+    half: int,
+    n: int,
+    group: str | RotationGroup = "C4",
+    reduction: Reduction = "norm",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`paired_residual` that also returns the features, for a forward hook to pass on.
+
+    Using the returned features downstream (instead of the original tensor) lets the backward pass
+    add the residual's gradient to the network's gradient in one pass. Value and gradients are the
+    same as with :func:`paired_residual`.
+
+    Returns:
+        ``(features, residual)``.
+    """
+    grp = get_group(group)
+    n = grp.check_element(n)
+    if features.shape[0] != 2 * half:
+        raise ValueError(f"EQ-Reg residual: expected a paired batch of 2 x {half}, got {features.shape[0]}.")
+    if not grp.exact:
+        return features, equivariance_residual(features[:half], features[half:], n, grp, reduction)
+    z0, z1 = features[:half], features[half:]
+    _check_pair(z0, z1, grp)
+    if features.shape[1] % grp.order:
+        raise ValueError(f"{grp.name}: {features.shape[1]} channels are not divisible by the group order {grp.order}.")
+    passed_on, residual = _TappedResidual.apply(features, half, n, grp)
+    if reduction == "mean":
+        residual = residual / math.sqrt(z0.numel())
+    return passed_on, residual
 
 
 def paired_residual(
@@ -179,20 +240,7 @@ def paired_residual(
     """:func:`equivariance_residual` of ``features[:half]`` and ``features[half:]`` (a paired batch).
 
     Same value and gradient as ``equivariance_residual(features[:half], features[half:], n, group,
-    reduction)``, computed with fewer memory passes for the exact groups (C2, C4, D4); this is the
-    form EQ-Reg's hooks use. C8 (interpolating) falls back to the generic path.
+    reduction)``, computed with fewer memory passes for the exact groups (C2, C4, D4). C8
+    (interpolating) falls back to the generic path. EQ-Reg's hooks use :func:`tapped_residual`.
     """
-    grp = get_group(group)
-    n = grp.check_element(n)
-    if features.shape[0] != 2 * half:
-        raise ValueError(f"paired_residual: expected a batch of 2 x {half}, got {features.shape[0]}.")
-    if not grp.exact:
-        return equivariance_residual(features[:half], features[half:], n, grp, reduction)
-    z0, z1 = features[:half], features[half:]
-    _check_pair(z0, z1, grp)
-    if features.shape[1] % grp.order:
-        raise ValueError(f"{grp.name}: {features.shape[1]} channels are not divisible by the group order {grp.order}.")
-    residual = _PairedResidual.apply(features, half, n, grp)
-    if reduction == "mean":
-        residual = residual / math.sqrt(z0.numel())
-    return residual
+    return tapped_residual(features, half, n, group, reduction)[1]
