@@ -173,7 +173,27 @@ def test_bench_synthesis_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_eqreg_overhead_smoke() -> None:
     completed = _run("bench_eqreg_overhead", "--backbone", "dicdnet", "--stages", "1", "--batch", "1", "--size", "32",
-                     "--steps", "1", "--warmup", "0", "--threads", "1")
+                     "--steps", "1", "--warmup", "0", "--threads", "1", "--decompose")
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("backbone=dicdnet batch=1+1 size=32 regularised layers=")
-    assert lines[-1].startswith("median ratio (EQ-Reg / doubled batch without term):")
+    assert any(line.startswith("median ratio (EQ-Reg / doubled batch without term):") for line in lines)
+    assert lines[-1].startswith("median ratio (hooks only / doubled batch without term):")
+
+
+def test_hooks_only_arm_runs_the_hooks_without_the_residual(bench_path: Path) -> None:
+    """``--decompose``'s hooks-only arm: every hook fires, the term is exactly 0, and EQ-Reg is restored after."""
+    import torch
+
+    import bench_eqreg_overhead as bench
+
+    setup = bench.training_setup("dicdnet", 16, 1, num_filters=4, features=8, num_res_blocks=1)
+    x, y = setup.make_input(1), torch.rand(1, 1, 16, 16)
+    setup.eqreg.register_hooks()
+    with bench.hooks_only():
+        setup.eqreg.pair((x, y), 1)
+        setup.net(x.repeat(2, 1, 1, 1))
+        assert len(setup.eqreg._residuals) == len(setup.eqreg.layers)
+        assert float(setup.eqreg.pop_term()) == 0.0
+    px, _ = setup.eqreg.pair((x, y), 1)
+    setup.net(px)
+    assert float(setup.eqreg.pop_term()) > 0

@@ -8,7 +8,6 @@ protocol (:meth:`MARExperimentConfig.published`).
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 from collections.abc import Sequence
@@ -23,7 +22,16 @@ from torch import nn
 from eqmar.apps.mar.evaluation import evaluate_mar, input_predictor, network_predictor
 from eqmar.apps.mar.figures import plot_mar_examples
 from eqmar.apps.mar.transforms import MARInputsd
-from eqmar.engines import ARMS, EQRegSettings, TaskSpec, is_main_process, main_process_first, run_arms
+from eqmar.engines import (
+    ARMS,
+    EQRegSettings,
+    TaskSpec,
+    arm_summary,
+    is_main_process,
+    main_process_first,
+    run_arms,
+    write_results,
+)
 from eqmar.engines.distributed import rank_device
 
 __all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "ensure_demo_data", "BACKBONES"]
@@ -314,15 +322,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         },
         "baselines": {name: s.as_dict() for name, s in baselines.items()},
         "arms": {
-            arm: {
-                "metrics": r.metrics["mar"].as_dict(),
-                "train_seconds": round(r.train_seconds, 2),
-                "iterations": r.iterations,
-                "final_loss": r.final_loss,
-                "validation": r.validation,
-                "equivariance": r.equivariance.to_dict() if r.equivariance is not None else None,
-                "weights": str(r.weights) if r.weights else None,
-            }
+            arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
             for arm, r in results.items()
         },
         "table": table,
@@ -336,7 +336,7 @@ def _write_outputs(
     cfg: MARExperimentConfig, out: Path, root: Path, results: dict[str, Any], payload: dict[str, Any], test: Any,
     device: torch.device,
 ) -> None:
-    """``results.json``, ``results.md``, ``equivariance.png`` and ``examples.png``."""
+    """``results.json``, ``results.md`` (both written atomically), ``equivariance.png`` and ``examples.png``."""
     from eqmar.equivariance import plot_equivariance_report
 
     reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
@@ -344,5 +344,4 @@ def _write_outputs(
         plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
     rows, captions = _example_rows(test, {arm: r.network for arm, r in results.items()}, device)
     plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    (out / "results.md").write_text(payload["table"] + "\n")
+    write_results(out, payload, [payload["table"]])
