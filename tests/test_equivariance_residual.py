@@ -138,3 +138,19 @@ def test_tapped_residual_allows_in_place_ops_downstream() -> None:
     torch.relu_(passed_on)  # as nn.ReLU(inplace=True) after a hooked conv would
     (passed_on.sum() + residual).backward()
     assert features.grad is not None and torch.isfinite(features.grad).all()
+
+
+def test_tapped_residual_gradient_rounds_as_autograd_accumulation() -> None:
+    """``g + rot⁻¹(d)·(g_r / r)`` with a rounded product, then a rounded sum: bit-identical to adding a
+    separately computed residual gradient, so trained weights do not depend on the hooks' internals."""
+    from eqmar.equivariance.functional import equivariance_difference, tapped_residual
+
+    torch.manual_seed(1)
+    features = torch.randn(4, 8, 9, 9, requires_grad=True)
+    grad_features = torch.randn(4, 8, 9, 9)
+    passed_on, residual = tapped_residual(features, 2, 1)
+    (grad,) = torch.autograd.grad([passed_on, residual], features, [grad_features, torch.tensor(1.7)])
+    diff, _ = equivariance_difference(features[:2].detach(), features[2:].detach(), 1)
+    factor = 1.7 / torch.linalg.vector_norm(diff)
+    expected_first_half = torch.rot90(diff, -1, dims=(2, 3)) * factor + grad_features[:2]
+    assert torch.equal(grad[:2], expected_first_half)

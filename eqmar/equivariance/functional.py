@@ -147,10 +147,11 @@ def _add_unshifted_scaled(
 
 def _add_scaled(out: torch.Tensor, grad: torch.Tensor | None, term: torch.Tensor, factor: torch.Tensor) -> None:
     """``out = grad + factor * term`` (``out = factor * term`` without ``grad``), written into ``out``."""
-    if grad is None:
-        torch.mul(term, factor, out=out)
-    else:
-        torch.addcmul(grad, term, factor, out=out)
+    torch.mul(term, factor, out=out)
+    if grad is not None:
+        # Two roundings, as autograd's accumulation of a separate residual gradient makes: a fused
+        # addcmul rounds once (FMA), which is not faster here and would change every trained weight.
+        out.add_(grad)
 
 
 class _TappedResidual(torch.autograd.Function):
