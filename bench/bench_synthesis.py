@@ -5,9 +5,13 @@
 geometry's back-projection matrix, built on the first FBP, is shared by both). The input is pydicom's
 real CT slice ``CT_small.dcm`` (HU) with a 9 mm round metal insert, resized by the simulator.
 
+``--device cuda`` runs the projections with ASTRA's CUDA projectors (on a GPU machine); the table then
+also gives pairs per second of one process.
+
 Example:
     python bench/bench_synthesis.py --repeats 5
     python bench/bench_synthesis.py --sizes 128 256 --views 160 320 --json out.json
+    python bench/bench_synthesis.py --device cuda --repeats 20
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from _timing import measure, median_seconds, write_json
 from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.ct.projector import resolve_device
 from eqmar.ct.simulator import SynDeepLesionSimulator
 
 __all__ = ["ct_slice_hu", "metal_mask", "scaling_row", "main"]
@@ -41,9 +46,9 @@ def metal_mask(size: int = 512) -> np.ndarray:
     return (((xx - 0.42 * size) ** 2 + (yy - 0.58 * size) ** 2) < radius**2).astype(np.uint8)
 
 
-def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int) -> dict[str, float]:
+def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int, device: str) -> dict[str, float]:
     start = time.perf_counter()
-    sim = SynDeepLesionSimulator("640geo", device="cpu")
+    sim = SynDeepLesionSimulator("640geo", device=device)
     init = time.perf_counter() - start
     rng = np.random.default_rng(seed)
     prepare_image = median_seconds(lambda: sim.prepare_image(hu), max(1, repeats // 2))
@@ -64,11 +69,19 @@ def _bench_640geo(hu: np.ndarray, mask: np.ndarray, repeats: int, seed: int) -> 
         "cached_pair_s": cached,
         "naive_pair_s": naive,
         "speedup": naive / cached,
+        "pairs_per_s": 1.0 / cached,
     }
 
 
 def scaling_row(
-    hu: np.ndarray, mask: np.ndarray, size: int, num_views: int, repeats: int, seed: int, one_off: bool = False
+    hu: np.ndarray,
+    mask: np.ndarray,
+    size: int,
+    num_views: int,
+    repeats: int,
+    seed: int,
+    one_off: bool = False,
+    device: str = "cpu",
 ) -> dict[str, float | int]:
     """Median seconds per cached pair at 640geo scaled to ``size`` pixels and ``num_views`` views.
 
@@ -82,13 +95,14 @@ def scaling_row(
         one_off: also time what is paid once: simulator set-up (``init_s``), ``prepare_image_s``,
             ``prepare_mask_s`` (single calls) and the warm-up pair (``first_pair_s``, which builds
             the back-projection matrix on the CPU).
+        device: projector device, ``"cpu"`` or ``"cuda"``.
 
     Returns:
         ``image_size``, ``views``, ``bins``, ``cached_pair_s`` (and the one-off keys if asked for).
     """
     geometry = FanBeamGeometry.preset("640geo").scaled(size, num_views)
     row: dict[str, float | int] = {"image_size": size, "views": num_views, "bins": geometry.num_det}
-    simulator, init = measure(lambda: SynDeepLesionSimulator(geometry, device="cpu"))
+    simulator, init = measure(lambda: SynDeepLesionSimulator(geometry, device=device))
     with simulator as sim:
         rng = np.random.default_rng(seed)
         img, prepare_image = measure(lambda: sim.prepare_image(hu))
@@ -100,8 +114,12 @@ def scaling_row(
     return row
 
 
-def _bench_scaling(hu: np.ndarray, mask: np.ndarray, sizes: list[int], views: list[int], repeats: int, seed: int) -> list[dict]:
-    return [scaling_row(hu, mask, size, num_views, repeats, seed) for size in sizes for num_views in views]
+def _bench_scaling(
+    hu: np.ndarray, mask: np.ndarray, sizes: list[int], views: list[int], repeats: int, seed: int, device: str
+) -> list[dict]:
+    return [
+        scaling_row(hu, mask, size, num_views, repeats, seed, device=device) for size in sizes for num_views in views
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -113,21 +131,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--skip-640geo", action="store_true", help="only run the scaling table")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--json", type=str, default=None, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], default="cpu", help="projector device (auto: CUDA if ASTRA has it)"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
 
+    device = resolve_device(args.device)
     hu, mask = ct_slice_hu(), metal_mask()
-    results: dict = {"cpu_count": os.cpu_count(), "load_average_before": os.getloadavg()[0]}
+    results: dict = {"cpu_count": os.cpu_count(), "device": device, "load_average_before": os.getloadavg()[0]}
     if not args.skip_640geo:
-        r = _bench_640geo(hu, mask, args.repeats, args.seed)
+        r = _bench_640geo(hu, mask, args.repeats, args.seed, device)
         results["640geo"] = r
-        print("## 640geo (416 px, 640 views x 641 bins), CPU\n")
+        print(f"## 640geo (416 px, 640 views x 641 bins), {device.upper()}\n")
         print("| step | seconds |\n|---|---|")
         for key in ("init_s", "prepare_image_s", "prepare_mask_s", "simulate_clean_s", "cached_pair_s", "naive_pair_s"):
             print(f"| {key[:-2]} | {r[key]:.3f} |")
-        print(f"| speed-up cached vs naive | {r['speedup']:.2f}x |\n")
-    rows = _bench_scaling(hu, mask, args.sizes, args.views, args.repeats, args.seed)
+        print(f"| speed-up cached vs naive | {r['speedup']:.2f}x |")
+        print(f"| cached pairs per second (one process) | {r['pairs_per_s']:.2f} |\n")
+    rows = _bench_scaling(hu, mask, args.sizes, args.views, args.repeats, args.seed, device)
     results["scaling"] = rows
     print("## Cached s/pair by image size and views (detector bins scaled from 641 at 416 px)\n")
     print("| image size | views | bins | s/pair |\n|---|---|---|---|")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,15 +10,42 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-CONFORMANCE = SHARED / "conformance" / "syndeeplesion"
+# EQMAR_CONFORMANCE_DIR points elsewhere, e.g. at a copy carried to a GPU machine (bench/device_checks.sh)
+CONFORMANCE = Path(os.environ.get("EQMAR_CONFORMANCE_DIR") or SHARED / "conformance" / "syndeeplesion")
 
 
 @pytest.fixture(scope="session")
 def conformance_dir() -> Path:
-    """The SynDeepLesion conformance sample; tests using it skip when ``../shared`` is absent."""
+    """The SynDeepLesion conformance sample; tests using it skip when it is absent."""
     if not (CONFORMANCE / "gt.h5").exists():
         pytest.skip(f"SynDeepLesion conformance sample not found at {CONFORMANCE}")
     return CONFORMANCE
+
+
+def astra_has_cuda() -> bool:
+    """True when ASTRA can run its CUDA projectors here (a GPU, a CUDA build and its libraries)."""
+    from eqmar.ct.projector import astra_cuda_available
+
+    try:
+        return astra_cuda_available()
+    except Exception:  # a missing CUDA library makes the import or the probe fail: no CUDA path here
+        return False
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request) -> torch.device:
+    """Each test that takes it runs on the CPU and, where PyTorch sees a GPU, again on CUDA."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to PyTorch")
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="module", params=["cpu", "cuda"])
+def ct_device(request) -> str:
+    """Projector devices: ``"cpu"`` always, ``"cuda"`` where ASTRA has its CUDA projectors."""
+    if request.param == "cuda" and not astra_has_cuda():
+        pytest.skip("ASTRA reports no CUDA device (astra.use_cuda() is False)")
+    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,8 @@ def test_bench_synthesis_smoke(tmp_path: Path) -> None:
     completed = _run("bench_synthesis", "--skip-640geo", "--sizes", "64", "--views", "32", "--repeats", "1",
                      "--json", str(out))
     results = json.loads(out.read_text())
-    assert set(results) == {"cpu_count", "load_average_before", "scaling", "load_average_after"}
+    assert set(results) == {"cpu_count", "device", "load_average_before", "scaling", "load_average_after"}
+    assert results["device"] == "cpu"
     assert set(results["scaling"][0]) == {"image_size", "views", "bins", "cached_pair_s"}
     assert "| 64 | 32 | 99 |" in completed.stdout
 

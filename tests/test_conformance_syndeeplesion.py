@@ -1,8 +1,11 @@
-"""Conformance of the simulator with the published SynDeepLesion sample (CPU, full 640geo).
+"""Conformance of the simulator with the published SynDeepLesion sample (full 640geo).
 
-The reference (``/work/shared/conformance/syndeeplesion``) holds slice 000376_16_02/299 under the ten
-test masks, generated with ASTRA's CUDA projectors. We feed ``gt.h5:image`` (converted back to HU)
-and each mask through :class:`SynDeepLesionSimulator` at 640geo on the CPU, with a fixed seed.
+The reference (``../shared/conformance/syndeeplesion``, or ``$EQMAR_CONFORMANCE_DIR``) holds slice
+000376_16_02/299 under the ten test masks, generated with ASTRA's CUDA projectors. We feed
+``gt.h5:image`` (converted back to HU) and each mask through :class:`SynDeepLesionSimulator` at 640geo
+with a fixed seed: on the CPU always, and again with ASTRA's CUDA projectors where ASTRA has a GPU
+(``ct_device`` in ``conftest.py``). The same tolerances hold for both; the measurements below are
+the CPU path's.
 
 Noise-free parts are compared exactly:
 
@@ -60,10 +63,10 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def setup(conformance_dir):
+def setup(conformance_dir, ct_device):
     gt = _read(conformance_dir / "gt.h5")
     masks = np.load(conformance_dir / "testmask.npy")
-    sim = SynDeepLesionSimulator("640geo", device="cpu")
+    sim = SynDeepLesionSimulator("640geo", device=ct_device)
     img = sim.prepare_image(mu_to_hu(gt["image"]))
     clean = sim.simulate_clean(img, np.random.default_rng(SEED))
     yield {"dir": conformance_dir, "gt": gt, "masks": masks, "sim": sim, "img": img, "clean": clean}

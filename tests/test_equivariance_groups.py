@@ -72,13 +72,13 @@ def test_unknown_group_and_element() -> None:
 
 
 @pytest.mark.parametrize("name", ["C2", "C4", "D4"])
-def test_strict_group_cnn_has_zero_residual_for_every_element(name: str) -> None:
+def test_strict_group_cnn_has_zero_residual_for_every_element(name: str, device: torch.device) -> None:
     """A lifting conv followed by a group conv is exactly equivariant: residual 0 to float tolerance."""
     torch.manual_seed(0)
-    lift = GroupLiftingConv2d(2, 3, 5, group=name)
-    gconv = GroupConv2d(3, 2, 3, group=name)
+    lift = GroupLiftingConv2d(2, 3, 5, group=name).to(device)
+    gconv = GroupConv2d(3, 2, 3, group=name).to(device)
     group = get_group(name)
-    x = torch.randn(2, 2, 24, 24)
+    x = torch.randn(2, 2, 24, 24, device=device)
     with torch.no_grad():
         for n in group.elements():
             gx = group.act(x, n)

@@ -109,13 +109,13 @@ def test_paired_residual_gradcheck_and_identity() -> None:
 
 
 @pytest.mark.parametrize(("group", "n"), [("C4", 0), ("C4", 1), ("C4", 2), ("C4", 3), ("C2", 1), ("D4", 6)])
-def test_tapped_residual_gradient_sums_both_paths(group: str, n: int) -> None:
+def test_tapped_residual_gradient_sums_both_paths(group: str, n: int, device: torch.device) -> None:
     """The pass-through features and the residual together give the gradient of their sum."""
     from eqmar.equivariance.functional import tapped_residual
 
     torch.manual_seed(0)
-    features = torch.randn(4, 8, 6, 6, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(4, 8, 6, 6, dtype=torch.float64)
+    features = torch.randn(4, 8, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    weights = torch.randn(4, 8, 6, 6, dtype=torch.float64, device=device)
 
     def objective(t: torch.Tensor) -> torch.Tensor:
         passed_on, residual = tapped_residual(t, 2, n, group)
@@ -140,16 +140,17 @@ def test_tapped_residual_allows_in_place_ops_downstream() -> None:
     assert features.grad is not None and torch.isfinite(features.grad).all()
 
 
-def test_tapped_residual_gradient_rounds_as_autograd_accumulation() -> None:
+def test_tapped_residual_gradient_rounds_as_autograd_accumulation(device: torch.device) -> None:
     """``g + rot⁻¹(d)·(g_r / r)`` with a rounded product, then a rounded sum: bit-identical to adding a
     separately computed residual gradient, so trained weights do not depend on the hooks' internals."""
     from eqmar.equivariance.functional import equivariance_difference, tapped_residual
 
     torch.manual_seed(1)
-    features = torch.randn(4, 8, 9, 9, requires_grad=True)
-    grad_features = torch.randn(4, 8, 9, 9)
+    features = torch.randn(4, 8, 9, 9, device=device, requires_grad=True)
+    grad_features = torch.randn(4, 8, 9, 9, device=device)
     passed_on, residual = tapped_residual(features, 2, 1)
-    (grad,) = torch.autograd.grad([passed_on, residual], features, [grad_features, torch.tensor(1.7)])
+    grad_residual = torch.tensor(1.7, device=device)
+    (grad,) = torch.autograd.grad([passed_on, residual], features, [grad_features, grad_residual])
     diff, _ = equivariance_difference(features[:2].detach(), features[2:].detach(), 1)
     factor = 1.7 / torch.linalg.vector_norm(diff)
     expected_first_half = torch.rot90(diff, -1, dims=(2, 3)) * factor + grad_features[:2]

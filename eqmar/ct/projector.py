@@ -54,7 +54,7 @@ from eqmar.ct.backprojection import PixelDrivenBackprojector, rotation_quarters
 from eqmar.ct.geometry import FanBeamGeometry
 from eqmar.ct.joseph import JosephForwardProjector
 
-__all__ = ["Projector", "resolve_device", "odl_ray_transform"]
+__all__ = ["Projector", "resolve_device", "astra_cuda_available", "odl_ray_transform"]
 
 _DEVICES = ("auto", "cpu", "cuda")
 _CPU_BACKPROJECTORS = ("pixel", "astra")
@@ -64,6 +64,11 @@ def _astra() -> Any:
     import astra  # heavy optional dependency: import only when a projector is built
 
     return astra
+
+
+def astra_cuda_available() -> bool:
+    """True when ASTRA reports a usable GPU (``astra.use_cuda()``): its CUDA build, driver and device."""
+    return bool(_astra().use_cuda())
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -79,7 +84,7 @@ def resolve_device(device: str = "auto") -> str:
     _check_device_name(device)
     if device == "cpu":
         return "cpu"
-    cuda_available = bool(_astra().use_cuda())
+    cuda_available = astra_cuda_available()
     if device == "cuda" and not cuda_available:
         raise RuntimeError("Projector: device='cuda' requested but astra.use_cuda() is False (no GPU build/driver)")
     return "cuda" if cuda_available else "cpu"
