@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-# EQMAR_CONFORMANCE_DIR points elsewhere, e.g. at a copy carried to a GPU machine (bench/device_checks.sh)
+# EQMAR_CONFORMANCE_DIR points elsewhere, e.g. at a copy carried to a GPU machine (bench/device/run_checks.sh)
 CONFORMANCE = Path(os.environ.get("EQMAR_CONFORMANCE_DIR") or SHARED / "conformance" / "syndeeplesion")
 
 
