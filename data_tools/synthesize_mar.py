@@ -12,6 +12,15 @@ Masks: --masks FILE loads SampleMasks.mat (CT_samples_bwMetal) or trainmask.npy/
 --masks generate (default) makes a realistic seeded 100-mask set. A 100-mask set is split as
 published (test masks 0, 1, 19, 29, 35, 42, 62, 63, 97, 99; the other 90 train).
 
+Splits: --split both (the default) is for the built-in demo, whose train and test images differ.
+With --deeplesion or --scans choose --split train or --split test and run once per split, each with
+its own images (e.g. its own --image-list): the tool cannot know which of your slices are test
+slices, and the same images in both splits would leak the test set into training. A mask file
+that is not a 100-mask set likewise needs an explicit --split.
+
+Resuming keeps the files that exist, so it refuses an output folder whose split was simulated with
+another metal, seed or geometry (recorded in <split>_<geometry>_settings.json).
+
 The run is resumable (re-run the same command after an interruption), every file is written to a
 temporary name and renamed, bad inputs are listed in synthesis_report_<split>.json and skipped,
 and --shard i/n splits the images into n disjoint deterministic shares for a job scheduler (shards
@@ -57,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--masks", default="generate", help="mask file (.mat/.npy) or 'generate' (default)")
     parser.add_argument("--mask-indices", help="masks of the split to use, e.g. 0-79 (default: all)")
     parser.add_argument("--out", type=Path, required=True, help="output data root")
-    parser.add_argument("--split", choices=["train", "test", "both"], default="both")
+    parser.add_argument(
+        "--split", choices=["train", "test", "both"], default="both",
+        help="split to make (both: the built-in demo only; see Splits above)",
+    )
     parser.add_argument("--preset", default="640geo", choices=["640geo", "adn", "dudonet"], help="scanner geometry")
     parser.add_argument("--image-size", type=int, help="reduce the preset to this image size (e.g. 128)")
     parser.add_argument("--views", type=int, help="number of views of the reduced geometry")
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_list is not None and args.deeplesion is None:
         print("error: --image-list needs --deeplesion", file=sys.stderr)
         return 2
+    from eqmar.ct.masks import MASK_SET_SIZE
     from eqmar.data.synthesis import SynthesisConfig, select_split_masks, synthesize_dataset
 
     config = SynthesisConfig(
@@ -114,6 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as error:
         print(f"error: cannot load masks from {args.masks}: {error}", file=sys.stderr)
         return 2
+    if args.split == "both":
+        if args.deeplesion is not None or args.scans is not None:
+            print(
+                "error: --split both would put the same images into the train and the test split; with "
+                "--deeplesion or --scans run once per split with --split train / --split test, each with its "
+                "own images (e.g. its own --image-list)",
+                file=sys.stderr,
+            )
+            return 2
+        if masks.ndim == 3 and masks.shape[-1] != MASK_SET_SIZE:
+            print(
+                f"error: {args.masks} holds {masks.shape[-1]} masks, not a {MASK_SET_SIZE}-mask set, so its "
+                "train/test split is not defined; choose --split train or --split test",
+                file=sys.stderr,
+            )
+            return 2
     splits = ["train", "test"] if args.split == "both" else [args.split]
     failed = 0
     for split in splits:

@@ -69,6 +69,7 @@ def test_value_object_is_frozen_and_hashable():
         ("det_spacing", float("nan"), "det_spacing"),
         ("detector", "curved", "detector"),
         ("source_origin_cm", 1.0, "source lies inside"),
+        ("num_det", 101, "covers a disc of radius"),  # a 6.9 cm detector for a 15.4 cm image
     ],
 )
 def test_validation_errors(field, value, message):
@@ -82,3 +83,20 @@ def test_unknown_preset_and_bad_scale():
         FanBeamGeometry.preset("720geo")
     with pytest.raises(ValueError, match="image_size"):
         FanBeamGeometry.preset("640geo").scaled(0)
+
+
+def test_covered_radius_spans_the_field_of_view_of_every_preset():
+    """The fan covers the inscribed circle (the reconstructed field of view) of each preset; for
+    640geo it reaches 10.48 cm, inside the 10.86 cm circumscribed circle (the corners are truncated,
+    as in the published geometry)."""
+    import math
+
+    g = FanBeamGeometry.preset("640geo")
+    half_fan = math.atan(g.num_det * g.det_spacing / 2 / (g.source_origin_cm + g.origin_det_cm))
+    assert g.covered_radius_cm == pytest.approx(g.source_origin_cm * math.sin(half_fan))
+    assert g.image_width_cm / 2 < g.covered_radius_cm < g.field_of_view_radius_cm
+    for name in ("adn", "dudonet"):
+        preset = FanBeamGeometry.preset(name)
+        assert preset.covered_radius_cm >= preset.image_width_cm / 2
+    arc = FanBeamGeometry.preset("adn")
+    assert arc.covered_radius_cm == pytest.approx(arc.source_origin_cm * math.sin(arc.num_det * arc.det_spacing / 2))

@@ -76,7 +76,7 @@ def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     import mar_deeplesion
 
     config = SynthesisConfig(image_size=64, num_views=72)
-    masks = generate_mask_set(seed=2)
+    masks = generate_mask_set(seed=4)  # seed 2: test mask 5 vanishes at 64 px (refused)
     root = tmp_path / "SynDeepLesion"
     synthesize_dataset(demo_sources(2, split="train"), select_split_masks(masks, "train"), root, "train", config,
                        mask_indices=range(4), progress=False)

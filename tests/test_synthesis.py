@@ -43,17 +43,18 @@ def _datasets(root, split="test") -> dict[str, np.ndarray]:
 
 def test_demo_set_layout_and_reproducibility(tmp_path, masks) -> None:
     sources = demo_sources(3, seed=0, split="test")
-    report = synthesize_dataset(sources, masks, tmp_path / "a", "test", CONFIG, mask_indices=[0, 4], progress=False)
+    # mask 4 of this set has no metal pixel left at 64 px (refused, see below); mask 6 keeps 18
+    report = synthesize_dataset(sources, masks, tmp_path / "a", "test", CONFIG, mask_indices=[0, 6], progress=False)
     assert report.images_complete == 3 and report.files_written == 9 and not report.failures
     layout = SynDeepLesionLayout(tmp_path / "a", "test", TAG)
     assert layout.read_list() == sorted(s.image_id for s in sources)
     assert np.load(layout.mask_file).shape == (512, 512, 10)
-    with h5py.File(layout.pair_path("ct_small_000001/001", 4), "r") as f:
+    with h5py.File(layout.pair_path("ct_small_000001/001", 6), "r") as f:
         assert set(f) == {"ma_CT", "LI_CT", "ma_sinogram", "LI_sinogram", "metal_trace"}
         assert f["ma_CT"].shape == (64, 64) and f["ma_sinogram"].shape == (72, layout_bins(f))
         assert f["metal_trace"].dtype == np.uint8 and f["ma_CT"].compression == "gzip"
     # Two workers, reversed order: identical data (every file has its own seeded stream).
-    synthesize_dataset(sources[::-1], masks, tmp_path / "b", "test", CONFIG, mask_indices=[0, 4], workers=2, progress=False)
+    synthesize_dataset(sources[::-1], masks, tmp_path / "b", "test", CONFIG, mask_indices=[0, 6], workers=2, progress=False)
     a, b = _datasets(tmp_path / "a"), _datasets(tmp_path / "b")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -153,3 +154,71 @@ def test_own_scans_folder_of_nifti_and_dicom(tmp_path, masks) -> None:
     assert "ct_small/000" in ids and sum(i.startswith("patient1/") for i in ids) == 3
     report = synthesize_dataset(sources, masks, tmp_path / "out", "test", CONFIG, mask_indices=[0], progress=False)
     assert report.images_complete == 4 and not report.failures
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    script = ROOT / "data_tools" / "synthesize_mar.py"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+
+
+def test_cli_refuses_both_splits_from_the_same_images(tmp_path) -> None:
+    """With real inputs the tool cannot tell test slices from train slices: `both` would leak."""
+    (tmp_path / "scans").mkdir()
+    refused = _run_cli("--scans", str(tmp_path / "scans"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert refused.returncode == 2 and "same images into the train and the test split" in refused.stderr
+    ten = generate_mask_set(seed=1)[..., :10]
+    np.save(tmp_path / "ten.npy", ten)
+    refused = _run_cli("--masks", str(tmp_path / "ten.npy"), "--out", str(tmp_path / "out"), "--no-progress")
+    assert refused.returncode == 2 and "holds 10 masks" in refused.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_masks_that_vanish_at_the_reduced_size_are_refused(tmp_path, masks) -> None:
+    from eqmar.ct.simulator import SynDeepLesionSimulator, resize_metal_mask
+
+    tiny = masks.copy()
+    tiny[..., 0] = 0
+    tiny[250:252, 250:252, 0] = 1  # 4 pixels at 512 px: nothing left at 64 px
+    assert not resize_metal_mask(tiny[..., 0], 64).any()
+    with pytest.raises(ValueError, match=r"masks \[0\] have no metal pixel left at 64 px"):
+        synthesize_dataset(demo_sources(1, seed=0, split="test"), tiny, tmp_path, "test", CONFIG, mask_indices=[0, 1],
+                           progress=False)
+    assert not any(tmp_path.rglob("*.h5"))
+    with SynDeepLesionSimulator(CONFIG.resolve_geometry(), device="cpu") as sim:
+        with pytest.raises(ValueError, match="no metal pixel at 64 px"):
+            sim.prepare_mask(tiny[..., 0])
+
+
+def test_resume_refuses_other_settings(tmp_path, masks) -> None:
+    from dataclasses import replace
+
+    sources = demo_sources(1, seed=0, split="test")
+    synthesize_dataset(sources, masks, tmp_path, "test", CONFIG, mask_indices=[0], progress=False)
+    settings = SynDeepLesionLayout(tmp_path, "test", TAG).settings_file
+    assert '"metal": "Ti"' in settings.read_text() and '"seed": 3' in settings.read_text()
+    for other in (replace(CONFIG, metal="Fe"), replace(CONFIG, seed=4)):
+        with pytest.raises(ValueError, match="simulated with other settings"):
+            synthesize_dataset(sources, masks, tmp_path, "test", other, mask_indices=[0], progress=False)
+    again = synthesize_dataset(sources, masks, tmp_path, "test", replace(CONFIG, device="cpu"), mask_indices=[0],
+                               progress=False)
+    assert again.files_kept == 2 and again.files_written == 0  # the device does not change the data
+
+
+def test_dl_info_csv_as_image_list(tmp_path) -> None:
+    images = tmp_path / "Images_png" / "000001_01_01"
+    images.mkdir(parents=True)
+    listing = tmp_path / "DL_info.csv"
+    listing.write_text(
+        "File_name,Patient_index,Study_index\n"
+        "000001_01_01_109.png,1,1\n000001_01_01_109.png,1,1\n000001_01_01_103.png,1,1\n"
+    )
+    sources = deeplesion_sources(tmp_path, listing)
+    assert [s.image_id for s in sources] == ["000001_01_01/109", "000001_01_01/103"]
+
+
+def test_in_process_run_frees_its_simulator(tmp_path, masks) -> None:
+    from eqmar.data import synthesis
+
+    synthesize_dataset(demo_sources(1, seed=0, split="test"), masks, tmp_path, "test", CONFIG, mask_indices=[0],
+                       progress=False)
+    assert synthesis._WORKER == {}

@@ -38,8 +38,9 @@ class FanBeamGeometry:
         detector: ``"flat"`` or ``"arc"`` (equi-angular, centred on the source).
 
     Raises:
-        ValueError: when a field is not positive, ``detector`` is unknown, or the fan does not
-            cover the image's circumscribed circle.
+        ValueError: when a field is not positive, ``detector`` is unknown, the source lies inside
+            the image's circumscribed circle, or the fan does not cover the inscribed circle (the
+            reconstructed field of view; the corners outside it may be truncated, as in 640geo).
     """
 
     image_size: int
@@ -67,6 +68,14 @@ class FanBeamGeometry:
                 "FanBeamGeometry: the source lies inside the image circle "
                 f"(source_origin_cm={self.source_origin_cm} <= radius {self.field_of_view_radius_cm:.3f} cm)"
             )
+        inscribed = self.image_width_cm / 2.0
+        if self.covered_radius_cm < inscribed:
+            raise ValueError(
+                f"FanBeamGeometry: the detector ({self.num_det} bins of {self.det_spacing} "
+                f"{'cm' if self.detector == 'flat' else 'rad'}) covers a disc of radius "
+                f"{self.covered_radius_cm:.3f} cm, smaller than the image's inscribed circle ({inscribed:.3f} cm); "
+                "projections would be truncated. Use more bins or wider ones."
+            )
 
     # ----------------------------------------------------------------------------- derived values
     @property
@@ -88,6 +97,15 @@ class FanBeamGeometry:
     def angle_step(self) -> float:
         """Angular increment between views in radians."""
         return 2.0 * np.pi / self.num_views
+
+    @property
+    def covered_radius_cm(self) -> float:
+        """Radius of the disc around the rotation centre that every view's fan covers, in cm."""
+        if self.detector == "flat":
+            half_fan = math.atan(self.detector_span / 2.0 / (self.source_origin_cm + self.origin_det_cm))
+        else:
+            half_fan = self.detector_span / 2.0
+        return self.source_origin_cm * math.sin(min(half_fan, math.pi / 2))
 
     @property
     def detector_span(self) -> float:

@@ -39,7 +39,7 @@ from eqmar.ct.physics import (
 from eqmar.ct.projector import Projector
 from eqmar.ct.spectrum import Spectrum
 
-__all__ = ["PreparedImage", "PreparedMask", "SynDeepLesionSimulator"]
+__all__ = ["PreparedImage", "PreparedMask", "SynDeepLesionSimulator", "resize_metal_mask"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,10 +134,16 @@ class SynDeepLesionSimulator:
         """Resize a square binary metal mask (any size) and cache its metal projection.
 
         Raises:
-            ValueError: when ``mask`` is not square or not binary (0/1, bool or 0/255).
+            ValueError: when ``mask`` is not square or not binary (0/1, bool or 0/255), or has no
+                metal pixel left at the simulator's image size (a pair without metal would pass
+                for a real one in training).
         """
-        binary = _binary_uint8(mask)
-        resized = resize_square(binary, self.geometry.image_size, "mask")
+        resized = resize_metal_mask(mask, self.geometry.image_size)
+        if not resized.any():
+            raise ValueError(
+                f"the metal mask has no metal pixel at {self.geometry.image_size} px "
+                f"(it had {int(np.count_nonzero(mask))} at {np.shape(mask)[0]} px)"
+            )
         # the interpolating projector reproduces the (CUDA-made) reference metal traces on CPU too
         metal_sinogram = self.projector.forward_interpolating(resized.astype(np.float32)) * np.float32(self.metal_mu)
         metal_sinogram = apply_partial_volume(metal_sinogram)
@@ -202,6 +208,14 @@ class SynDeepLesionSimulator:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def resize_metal_mask(mask: np.ndarray, image_size: int) -> np.ndarray:
+    """A square binary metal mask (0/1, bool or 0/255, any size) resized as the protocol does, uint8 0/1.
+
+    Small masks can vanish in the bilinear down-sizing (e.g. 512 -> 64 px): callers check the result.
+    """
+    return resize_square(_binary_uint8(mask), image_size, "mask")
 
 
 def _binary_uint8(mask: np.ndarray) -> np.ndarray:

@@ -66,6 +66,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         write(tmp)
+        # flushed to disk before the rename: after a power loss a resumed run keeps every file it
+        # finds, so a renamed file must never be a truncated one
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -240,6 +244,11 @@ class SynDeepLesionLayout:
     def list_file(self) -> Path:
         """``<root>/<split>_<geometry>_dir.txt``."""
         return self.root / f"{self.split}_{self.geometry}_dir.txt"
+
+    @property
+    def settings_file(self) -> Path:
+        """``<root>/<split>_<geometry>_settings.json``: what the split's files were simulated with."""
+        return self.root / f"{self.split}_{self.geometry}_settings.json"
 
     @property
     def mask_file(self) -> Path:

@@ -213,6 +213,14 @@ def _init_worker(config: SynthesisConfig, layout: SynDeepLesionLayout, masks: np
     _WORKER.update(config=config, layout=layout, masks=masks, prepared_masks={})
 
 
+def _release_worker() -> None:
+    """Free the in-process worker's simulator (ASTRA objects, the cached back-projection matrix)."""
+    simulator = _WORKER.pop("simulator", None)
+    _WORKER.clear()
+    if simulator is not None:
+        simulator.close()
+
+
 def _remove_stale_temporaries(folder: Path) -> None:
     for stale in folder.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
@@ -280,14 +288,48 @@ def _write_masks(layout: SynDeepLesionLayout, masks: np.ndarray) -> None:
     atomic_write(layout.mask_file, write)
 
 
+def _simulation_settings(config: SynthesisConfig) -> dict[str, Any]:
+    """What decides the content of the files: metal, base seed and geometry (not the device)."""
+    return {"metal": config.metal, "seed": config.seed, "geometry": asdict(config.resolve_geometry())}
+
+
+def _write_settings(layout: SynDeepLesionLayout, config: SynthesisConfig) -> None:
+    """Record the settings of a split, or refuse to resume a split made with other settings.
+
+    Resuming keeps every file that exists; without this check a re-run with another metal or seed
+    would silently mix old and new files.
+    """
+    from eqmar.data.syndeeplesion import atomic_write
+
+    settings = json.loads(json.dumps(_simulation_settings(config)))
+    path = layout.settings_file
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} is unreadable ({error}); remove it only if the split was made with these settings") from error
+        differ = sorted(key for key in settings.keys() | existing.keys() if settings.get(key) != existing.get(key))
+        if differ:
+            was, now = ({k: d.get(k) for k in differ} for d in (existing, settings))
+            raise ValueError(
+                f"{path}: the files of this split were simulated with other settings (was {was}, now {now}); "
+                "use a new output folder or the same settings"
+            )
+        return
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(settings, indent=2)))
+
+
 def _run_jobs(
     sources: Sequence[ImageSource], mask_indices: Sequence[int], workers: int,
     init_args: tuple, on_result: Callable[[dict[str, Any]], None],
 ) -> None:
     if workers <= 1:
         _init_worker(*init_args)
-        for source in sources:
-            on_result(_process_image(source, mask_indices) | {"source": source})
+        try:
+            for source in sources:
+                on_result(_process_image(source, mask_indices) | {"source": source})
+        finally:
+            _release_worker()
         return
     # "spawn", not fork: a forked child inherits the parent's OpenMP/ASTRA thread state and can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -345,6 +387,7 @@ def synthesize_dataset(
             out of range, an invalid shard or duplicate image ids; raised before anything is written.
     """
     from eqmar.ct.masks import check_mask_stack
+    from eqmar.ct.simulator import resize_metal_mask
 
     config = config or SynthesisConfig()
     started = time.perf_counter()
@@ -354,16 +397,25 @@ def synthesize_dataset(
     bad = [k for k in indices if not 0 <= k < masks.shape[-1]]
     if bad:
         raise ValueError(f"mask indices {bad[:5]} are outside the {masks.shape[-1]} masks of the {split} split")
-    # An empty mask would give pairs without metal, indistinguishable from real ones in training.
+    # An empty mask would give pairs without metal, indistinguishable from real ones in training;
+    # small masks can also vanish when resized to a reduced geometry.
     empty = [k for k in indices if not masks[..., k].any()]
     if empty:
         raise ValueError(
             f"{split} masks {empty[:10]} are empty (no metal pixel); leave them out of the mask indices "
             "(--mask-indices) or fix the mask file"
         )
+    size = config.resolve_geometry().image_size
+    vanished = [k for k in indices if not resize_metal_mask(masks[..., k], size).any()]
+    if vanished:
+        raise ValueError(
+            f"{split} masks {vanished[:10]} have no metal pixel left at {size} px (too small for the reduced "
+            "geometry); leave them out of the mask indices (--mask-indices) or use a larger --image-size"
+        )
     todo = shard_sources(sources, shard)[: limit if limit is not None else None]
     layout.root.mkdir(parents=True, exist_ok=True)
     _write_masks(layout, masks)
+    _write_settings(layout, config)
     report = SynthesisReport(images_total=len(todo), rejected_inputs=[dict(entry) for entry in rejected_inputs])
     bar = _progress_bar(len(todo) * (len(indices) + 1), progress, f"{split} {layout.geometry}")
 
@@ -408,7 +460,9 @@ def deeplesion_sources(root: str | Path, image_list: str | Path | None = None) -
     """Slices of a DeepLesion ``Images_png`` tree (or a folder that is one), optionally from a list.
 
     ``image_list`` holds one slice per line, as ``000001_01_01/109.png``, ``000001_01_01_109.png``
-    (the ``File_name`` column of ``DL_info.csv``) or ``000001_01_01/109``.
+    (the ``File_name`` column of ``DL_info.csv``) or ``000001_01_01/109``. ``DL_info.csv`` itself
+    works too: its header line is skipped, the first column is read, and a slice listed once per
+    lesion is used once (first occurrence kept).
     """
     root = Path(root)
     base = root / "Images_png" if (root / "Images_png").is_dir() else root
@@ -419,7 +473,9 @@ def deeplesion_sources(root: str | Path, image_list: str | Path | None = None) -
         if not files:
             raise FileNotFoundError(f"no DeepLesion PNG slices (<series>/<slice>.png) under {base}")
     else:
-        files = [base / _deeplesion_relative(line, image_list) for line in _list_lines(image_list)]
+        lines = [line for line in _list_lines(image_list) if line.split(",")[0].strip() != "File_name"]
+        relative = dict.fromkeys(_deeplesion_relative(line, image_list) for line in lines)  # ordered, unique
+        files = [base / entry for entry in relative]
     return [ImageSource(image_id=f"{f.parent.name}/{f.stem}", kind="file", path=str(f)) for f in files]
 
 
