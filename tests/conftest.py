@@ -59,3 +59,25 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+TINY_TAG = "640geo_64px72v"
+
+
+def make_tiny_syndeeplesion(root: Path, train_masks: int) -> Path:
+    """A SynDeepLesion-layout root at 64 px / 72 views: 2 demo train images with the first
+    ``train_masks`` train masks, 1 demo test image with all 10 test masks (tag :data:`TINY_TAG`).
+
+    Mask set seed 4: every one of these masks keeps metal at 64 px (with seed 2, test mask 5 vanishes
+    and synthesis refuses it).
+    """
+    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
+
+    config = SynthesisConfig(image_size=64, num_views=72)
+    masks = generate_mask_set(seed=4)
+    synthesize_dataset(demo_sources(2, split="train"), select_split_masks(masks, "train"), root, "train", config,
+                       mask_indices=range(train_masks), progress=False)
+    synthesize_dataset(demo_sources(1, split="test"), select_split_masks(masks, "test"), root, "test", config,
+                       progress=False)
+    return root

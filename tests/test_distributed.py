@@ -17,7 +17,7 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from conftest import ROOT
+from conftest import ROOT, TINY_TAG, make_tiny_syndeeplesion
 from eqmar.engines import (
     EQRegSettings,
     ShardedSampler,
@@ -179,22 +179,13 @@ def test_one_process_runs_directly_and_the_flags_parse() -> None:
 @pytest.mark.slow
 def test_mar_recipe_with_two_processes(tmp_path, monkeypatch) -> None:
     """``--nproc 2`` on a tiny SynDeepLesion root: rank 0 writes the results, iterations are those of one process."""
-    from eqmar.ct.masks import generate_mask_set
-    from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import mar_deeplesion
 
-    config = SynthesisConfig(image_size=64, num_views=72)
-    masks = generate_mask_set(seed=2)
-    root = tmp_path / "SynDeepLesion"
-    synthesize_dataset(demo_sources(2, split="train"), select_split_masks(masks, "train"), root, "train", config,
-                       mask_indices=range(2), progress=False)
-    synthesize_dataset(demo_sources(1, split="test"), select_split_masks(masks, "test"), root, "test", config,
-                       progress=False)
+    root = make_tiny_syndeeplesion(tmp_path / "SynDeepLesion", train_masks=2)
     argv = [
-        "--data", str(root), "--geometry-tag", "640geo_64px72v", "--out", str(tmp_path / "run"), "--arm", "eqreg",
+        "--data", str(root), "--geometry-tag", TINY_TAG, "--out", str(tmp_path / "run"), "--arm", "eqreg",
         "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2", "--patch-size", "32", "--stages", "2",
         "--features", "8", "--train-masks", "0-1", "--val-masks", "none", "--no-progress", "--nproc", "2",
         "--backend", "gloo",

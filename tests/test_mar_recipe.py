@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY_TAG, make_tiny_syndeeplesion
 from eqmar.apps.mar import MARExperimentConfig, run_mar_experiment
 from eqmar.apps.mar.model_file import load_mar_model, save_mar_model
 
@@ -69,21 +69,12 @@ def test_recipe_help() -> None:
 
 def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     """--data: a SynDeepLesion-layout root, published defaults overridden to tiny sizes, validation on."""
-    from eqmar.ct.masks import generate_mask_set
-    from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
-
     sys.path.insert(0, str(ROOT / "recipes"))
     import mar_deeplesion
 
-    config = SynthesisConfig(image_size=64, num_views=72)
-    masks = generate_mask_set(seed=4)  # seed 2: test mask 5 vanishes at 64 px (refused)
-    root = tmp_path / "SynDeepLesion"
-    synthesize_dataset(demo_sources(2, split="train"), select_split_masks(masks, "train"), root, "train", config,
-                       mask_indices=range(4), progress=False)
-    synthesize_dataset(demo_sources(1, split="test"), select_split_masks(masks, "test"), root, "test", config,
-                       progress=False)
+    root = make_tiny_syndeeplesion(tmp_path / "SynDeepLesion", train_masks=4)
     argv = [
-        "--data", str(root), "--geometry-tag", "640geo_64px72v", "--out", str(tmp_path / "run"), "--arm", "eqreg",
+        "--data", str(root), "--geometry-tag", TINY_TAG, "--out", str(tmp_path / "run"), "--arm", "eqreg",
         "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2", "--patch-size", "32", "--stages", "2",
         "--features", "8", "--train-masks", "0-1", "--val-masks", "2-3", "--val-images", "1", "--no-progress",
     ]
