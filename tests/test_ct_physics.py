@@ -99,6 +99,16 @@ def test_packaged_spectrum():
         Spectrum(np.array([2.0, 1.0]), np.array([1.0, 1.0]))
 
 
+def test_invalid_spectrum_file_is_named(tmp_path):
+    in_ev = tmp_path / "spectrum_ev.csv"
+    in_ev.write_text("keV,weight\n30000,1\n40000,2\n")  # eV by mistake: no bin in 20-120 keV
+    negative = tmp_path / "negative.csv"
+    negative.write_text("30,1\n40,-2\n")
+    for path in (in_ev, negative):
+        with pytest.raises(ValueError, match=path.name):
+            load_spectrum(path)
+
+
 def test_spekpy_spectrum_is_close_to_ge_table():
     ge = load_spectrum()
     spek = spekpy_spectrum()

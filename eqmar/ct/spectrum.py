@@ -79,7 +79,10 @@ def load_spectrum(path: str | Path | None = None, energy_range_kev: tuple[float,
     table = table[np.isfinite(table).all(axis=1)] if table.ndim == 2 else table  # drops the header row
     if table.ndim != 2 or table.shape[1] != 2 or table.shape[0] == 0:
         raise ValueError(f"load_spectrum: {csv_path} must hold two numeric columns (keV, weight)")
-    return Spectrum(table[:, 0], table[:, 1]).restricted(*energy_range_kev)
+    try:
+        return Spectrum(table[:, 0], table[:, 1]).restricted(*energy_range_kev)
+    except ValueError as err:  # negative weights, energies in eV, nothing in the range: name the file
+        raise ValueError(f"load_spectrum: {csv_path}: {err}") from err
 
 
 def spekpy_spectrum(
