@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--geometry-tag", help="geometry tag of the data folders (default 640geo)")
     p.add_argument("--backbone", choices=BACKBONES)
-    p.add_argument("--regularise", help="proximal nets whose convs get EQ-Reg, comma-separated (default x_net,m_net)")
+    p.add_argument("--regularise", help="proximal nets whose convs get EQ-Reg, comma-separated (default: the published choice, x_net,m_net; x_net for acdnet)")
     p.add_argument("--stages", type=int, help="unrolled stages T")
     p.add_argument("--features", type=int, help="proximal-net width (divisible by the group order)")
     p.add_argument("--train-masks", help="training mask indices, e.g. 0-79 (published)")

@@ -276,3 +276,22 @@ def test_hook_gradients_equal_an_independent_reference_with_in_place_activations
     assert torch.allclose(loss, loss_ref, atol=atol)
     for (name, p), p_ref in zip(hooked.named_parameters(), reference.parameters()):
         assert torch.allclose(p.grad, p_ref.grad, atol=atol), name
+
+
+def test_resume_keeps_the_requested_weight(caplog) -> None:
+    net = _unet()
+    stored = EQReg(net, layers=convs_divisible_by("C4"), weight=1e-3).state_dict()
+    resumed = EQReg(_unet(), layers=convs_divisible_by("C4"), weight=5e-2)
+    with caplog.at_level("WARNING", logger="eqmar.equivariance.eqreg"):
+        resumed.load_state_dict(stored)
+    assert resumed.weight == 5e-2 and "trained with weight 0.001" in caplog.text
+
+
+def test_non_square_images_are_refused_for_every_draw_of_c4() -> None:
+    from eqmar.equivariance import pair_batch
+
+    batch = {"image": torch.randn(2, 1, 8, 12), "label": torch.randn(2, 1, 8, 12)}
+    for n in range(4):  # also n = 0 and 2, which would pair fine, so the error never depends on the draw
+        with pytest.raises(ValueError, match=r"batch\['image'\] is 8x12; C4 rotations need square images"):
+            pair_batch(batch, "C4", n)
+    assert pair_batch(batch, "C2", 1)["image"].shape == (4, 1, 8, 12)

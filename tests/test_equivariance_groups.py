@@ -33,7 +33,21 @@ def test_c4_shift_is_published_convention() -> None:
         shifted = group.shift(z, n).flatten().tolist()
         expected = [float(4 * (k // 4) + (k % 4 + n) % 4) for k in range(8)]
         assert shifted == expected
-    assert torch.equal(group.act(z.expand(1, 8, 3, 3), 1), torch.rot90(z.expand(1, 8, 3, 3), 1, dims=(2, 3)))
+    spatial = torch.randn(1, 8, 5, 5)  # not constant in space, so the direction of rotation matters
+    assert torch.equal(group.act(spatial, 1), torch.rot90(spatial, 1, dims=(2, 3)))
+    assert not torch.equal(group.act(spatial, 1), torch.rot90(spatial, -1, dims=(2, 3)))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_c8_rotates_integer_and_bool_maps(dtype: torch.dtype) -> None:
+    mask = torch.zeros(1, 1, 9, 9, dtype=dtype)
+    mask[..., 4, 2:7] = 1  # a horizontal bar through the centre
+    turned = get_group("C8").act(mask, 2, mode="nearest")  # 90 degrees: exact
+    assert turned.dtype == dtype and torch.equal(turned, torch.rot90(mask, 1, dims=(-2, -1)))
+    diagonal = get_group("C8").act(mask, 1, mode="nearest")
+    # nearest sampling of a 45-degree turn keeps the centre and stays binary (the diagonal samples
+    # fewer pixel centres than the bar has)
+    assert diagonal.dtype == dtype and bool(diagonal[0, 0, 4, 4]) and set(diagonal.int().unique().tolist()) == {0, 1}
 
 
 def test_c2_is_rot180_with_pairs() -> None:

@@ -65,3 +65,13 @@ def test_report_restores_training_mode_and_handles_many_layers(tmp_path) -> None
     report = equivariance_report(net, [torch.randn(1, 1, 8, 8)], elements=[2])
     assert net.training and len(report.layers) == 30 and isinstance(report, EquivarianceReport)
     assert plot_equivariance_report(report, tmp_path / "many.png").exists()
+
+
+def test_c2_output_error_on_non_square_images_is_equivariance() -> None:
+    """A strictly C2-equivariant network scores ~0 on 12 x 16 images (not an invariance error)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(GroupLiftingConv2d(1, 2, 3, group="C2"), GroupPool("C2"), nn.Conv2d(2, 1, 1)).eval()
+    loader = [torch.randn(2, 1, 12, 16)]
+    report = equivariance_report(net, loader, layers=["0"], group="C2")
+    assert report.output < 1e-5, report.output
+    assert max(report.layers.values()) < 1e-5

@@ -85,3 +85,20 @@ def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     assert arm["metrics"]["average"]["n"] == 10 and arm["iterations"] == 2
     assert arm["validation"]["val_mar_psnr"] > 0
     assert mar_deeplesion.main([*argv[:-1], "--train-masks", "9-1"]) == 2
+
+
+def test_acdnet_regularises_its_x_net_and_a_misfit_fails_before_training() -> None:
+    """ACDNet's M-net is 6 channels wide: the published choice is the X-net; a C4 misfit is reported
+    before any arm trains, not after plain and aug have finished."""
+    from eqmar.apps.mar.workflow import (
+        MARExperimentConfig, _check_regularised_layers, build_network, regularised_layers,
+    )
+
+    cfg = MARExperimentConfig.demo_default(backbone="acdnet", num_stages=2)
+    net = build_network(cfg)
+    layers = regularised_layers(cfg, net)
+    assert layers and all(name.split(".")[0] != "m_net" and "x_net" in name for name in layers)
+    _check_regularised_layers(cfg, net, layers)  # fits C4
+    both = MARExperimentConfig.demo_default(backbone="acdnet", num_stages=2, regularised=("x_net", "m_net"))
+    with pytest.raises(ValueError, match="divisible"):
+        _check_regularised_layers(both, net, regularised_layers(both, net))

@@ -25,6 +25,7 @@ add ``eqreg.weight * eqreg.pop_term()`` to the loss.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from eqmar.equivariance.layers import LayerSpec, check_channel_divisibility, sel
 from eqmar.equivariance.pairing import RotationPairing, infer_batch_size
 
 __all__ = ["EQReg"]
+
+logger = logging.getLogger(__name__)
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -234,12 +237,20 @@ class EQReg(RotationPairing):
 
     # ----------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Draw-generator state and weight, so a resumed run continues the same element sequence."""
+        """Draw-generator state (and the weight, for the record), so a resumed run continues the same
+        element sequence."""
         return {**super().state_dict(), "weight": self.weight}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the draw-generator state. The weight stays the one given to the constructor (the one
+        results and model files record); a checkpoint made with another weight is reported."""
         super().load_state_dict(state)
-        self.weight = float(state.get("weight", self.weight))
+        stored = state.get("weight")
+        if stored is not None and float(stored) != self.weight:
+            logger.warning(
+                "EQ-Reg: the checkpoint was trained with weight %g; continuing with the requested weight %g",
+                float(stored), self.weight,
+            )
 
     def __enter__(self) -> EQReg:
         return self

@@ -211,9 +211,10 @@ def _rotate_by_angle(x: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
     cos, sin = math.cos(angle), math.sin(angle)
     # Output pixel (u, v) (normalised column, row) samples the input at R(angle) (u, v); with angle
     # 90° this reproduces torch.rot90(x, 1, dims=(-2, -1)) exactly.
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=flat.dtype, device=flat.device)
-    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=False)
+    # integer and bool maps (masks) are sampled as float and converted back
     sample_input = flat if flat.is_floating_point() else flat.float()
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=sample_input.dtype, device=flat.device)
+    grid = F.affine_grid(theta.expand(flat.shape[0], 2, 3), list(flat.shape), align_corners=False)
     out = F.grid_sample(sample_input, grid, mode=mode, padding_mode="zeros", align_corners=False)
     return out.to(x.dtype).reshape(shape)
 

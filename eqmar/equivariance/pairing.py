@@ -74,8 +74,15 @@ def _repeat(value: Any, batch_size: int) -> Any:
     return value
 
 
-def _pair_image(value: torch.Tensor, group: RotationGroup, n: int, mode: str) -> torch.Tensor:
+def _pair_image(value: torch.Tensor, group: RotationGroup, n: int, mode: str, name: str = "image") -> torch.Tensor:
     value = _plain(value)
+    height, width = value.shape[-2:]
+    # checked for every draw, so that the error does not depend on which element was drawn
+    if height != width and group.name != "C2":
+        raise ValueError(
+            f"EQ-Reg: {name} is {height}x{width}; {group.name} rotations need square images (crop square "
+            "patches, or use group 'C2', whose 180-degree rotation keeps any shape)."
+        )
     return torch.cat([value, group.act(value, n, mode=mode)], dim=0)
 
 
@@ -115,7 +122,7 @@ def pair_batch(
                         f"EQ-Reg: batch[{key!r}] should be a (B, C, H, W) image tensor, got "
                         f"{type(value).__name__} with shape {tuple(getattr(value, 'shape', ()))}."
                     )
-                out[key] = _pair_image(value, grp, n, modes.get(key, "bilinear"))
+                out[key] = _pair_image(value, grp, n, modes.get(key, "bilinear"), f"batch[{key!r}]")
             else:
                 out[key] = _repeat(value, batch_size)
         return out

@@ -42,12 +42,11 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def save_mar_model(path: str | Path, network: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
-    """Write weights and network spec to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write weights and network spec to ``path`` (via a temporary file: a kill never leaves half a model)."""
+    from eqmar.data.syndeeplesion import atomic_write
+
     payload = {"format": MODEL_FORMAT, "network": spec, "state_dict": network.state_dict(), "meta": meta or {}}
-    torch.save(payload, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -68,7 +68,7 @@ class MARExperimentConfig:
     group: str = "C4"
     weight: float = 1e-8
     reduction: str = "norm"
-    regularised: tuple[str, ...] = ("x_net", "m_net")
+    regularised: tuple[str, ...] | None = None
     train_masks: tuple[int, ...] = tuple(range(80))
     val_masks: tuple[int, ...] = tuple(range(80, 90))
     val_images: int = 4
@@ -143,14 +143,29 @@ def build_network(cfg: MARExperimentConfig) -> nn.Module:
     return build_from_spec(mar_network_spec(cfg))
 
 
+#: The proximal nets the authors regularise per backbone (ACDNet's M-net is 6 channels wide).
+PUBLISHED_REGULARISED = {"dicdnet": ("x_net", "m_net"), "oscnet": ("x_net", "m_net"), "acdnet": ("x_net",)}
+
+
 def regularised_layers(cfg: MARExperimentConfig, network: nn.Module) -> list[str] | Any:
-    """EQ-Reg layers: the proximal-net convs of unrolled backbones, every fitting conv of the UNet."""
+    """EQ-Reg layers: the proximal-net convs of unrolled backbones, every fitting conv of the UNet.
+
+    ``cfg.regularised`` names the proximal nets; ``None`` takes the published choice of the backbone.
+    """
     from eqmar.equivariance import convs_divisible_by
     from eqmar.networks import proximal_conv_names
 
     if cfg.backbone == "unet":
         return convs_divisible_by(cfg.group)
-    return proximal_conv_names(network, which=cfg.regularised)
+    return proximal_conv_names(network, which=cfg.regularised or PUBLISHED_REGULARISED[cfg.backbone])
+
+
+def _check_regularised_layers(cfg: MARExperimentConfig, network: nn.Module, layers: Any) -> None:
+    """Fail before any arm trains when the EQ-Reg layers do not fit the group (not after plain and aug)."""
+    from eqmar.equivariance.layers import check_channel_divisibility, select_layers
+
+    if "eqreg" in cfg.arms:
+        check_channel_divisibility(select_layers(network, layers), cfg.group)
 
 
 def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
@@ -285,9 +300,9 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     spec = mar_network_spec(cfg)
     image_size = int(loaders["test"].dataset[0]["gt"].shape[-1])
     probe_net = build_network(cfg)
-    settings = EQRegSettings(
-        weight=cfg.weight, group=cfg.group, layers=regularised_layers(cfg, probe_net), reduction=cfg.reduction  # type: ignore[arg-type]
-    )
+    layers = regularised_layers(cfg, probe_net)
+    _check_regularised_layers(cfg, probe_net, layers)
+    settings = EQRegSettings(weight=cfg.weight, group=cfg.group, layers=layers, reduction=cfg.reduction)  # type: ignore[arg-type]
     task = TaskSpec(
         make_network=lambda: build_network(cfg),
         make_optimizer=make_optimizer,
