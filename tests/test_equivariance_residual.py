@@ -155,3 +155,17 @@ def test_tapped_residual_gradient_rounds_as_autograd_accumulation(device: torch.
     factor = 1.7 / torch.linalg.vector_norm(diff)
     expected_first_half = torch.rot90(diff, -1, dims=(2, 3)) * factor + grad_features[:2]
     assert torch.equal(grad[:2], expected_first_half)
+
+
+def test_fused_path_mean_reduction_and_bad_reduction() -> None:
+    from eqmar.equivariance.functional import paired_residual
+
+    torch.manual_seed(2)
+    features = torch.randn(4, 8, 6, 6)
+    for group in ("C2", "C4", "D4"):
+        assert torch.allclose(
+            paired_residual(features, 2, 1, group, reduction="mean"),
+            equivariance_residual(features[:2], features[2:], 1, group, reduction="mean"),
+        )
+    with pytest.raises(ValueError, match="reduction"):
+        paired_residual(features, 2, 1, "C4", reduction="sum")

@@ -215,6 +215,8 @@ def tapped_residual(
     Returns:
         ``(features, residual)``.
     """
+    if reduction not in ("norm", "mean"):
+        raise ValueError(f"reduction must be 'norm' or 'mean', got {reduction!r}.")
     grp = get_group(group)
     n = grp.check_element(n)
     if features.shape[0] != 2 * half:
