@@ -90,14 +90,14 @@ def write_results(output_dir: str | Path, payload: Mapping[str, Any], tables: Se
     out = Path(output_dir)
     if not is_main_process():
         return out / "results.json", out / "results.md"
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in (("results.json", json.dumps(payload, indent=2, default=_json_default)), ("results.md", "\n\n".join(tables) + "\n")):
-        path = out / name
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(path)
-        written.append(path)
+    from eqmar.data.syndeeplesion import atomic_write
+
+    json_text = json.dumps(payload, indent=2, default=_json_default)
+    md_text = "\n\n".join(tables) + "\n"
+    written = [
+        atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
+        for name, text in (("results.json", json_text), ("results.md", md_text))
+    ]
     return written[0], written[1]
 
 

@@ -98,7 +98,7 @@ def _network_output(network: nn.Module, prepared: Any) -> torch.Tensor:
 def _output_error_terms(pred: torch.Tensor, half: int, group: RotationGroup, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     base, moved = pred[:half], pred[half:]
     # equivariance wherever the group can act on the output (C2 also on non-square maps)
-    if pred.ndim == 4 and (pred.shape[-1] == pred.shape[-2] or group.name == "C2"):
+    if pred.ndim == 4 and group.acts_on(*pred.shape[-2:]):
         expected = group.act(base, n)
         mask = group.valid_region(pred.shape[-2], pred.shape[-1], pred.device)
         if mask is not None:

@@ -41,7 +41,7 @@ def _check_pair(features: torch.Tensor, features_transformed: torch.Tensor, grp:
         )
     if features.ndim != 4:
         raise ValueError(f"equivariance_difference expects (B, C, H, W) features, got shape {tuple(features.shape)}.")
-    if features.shape[-1] != features.shape[-2] and grp.name != "C2":
+    if not grp.acts_on(*features.shape[-2:]):
         raise ValueError(
             f"{grp.name} rotations need square feature maps, got {features.shape[-2]}x{features.shape[-1]}."
         )

@@ -44,6 +44,12 @@ class RotationGroup(ABC):
     order: int = 0
     #: True when the spatial action only permutes pixels (no interpolation).
     exact: bool = True
+    #: True when the action needs square maps (quarter turns, mirrors on the diagonal, 45° turns).
+    needs_square: bool = True
+
+    def acts_on(self, height: int, width: int) -> bool:
+        """Whether the spatial action maps an ``height x width`` map to one of the same shape."""
+        return height == width or not self.needs_square
 
     def __len__(self) -> int:
         return self.order
@@ -138,6 +144,7 @@ class C2(_CyclicRot90):
     name = "C2"
     order = 2
     quarter_turns = 2
+    needs_square = False  # a half turn keeps any shape
 
 
 class D4(RotationGroup):

@@ -78,7 +78,7 @@ def _pair_image(value: torch.Tensor, group: RotationGroup, n: int, mode: str, na
     value = _plain(value)
     height, width = value.shape[-2:]
     # checked for every draw, so that the error does not depend on which element was drawn
-    if height != width and group.name != "C2":
+    if not group.acts_on(height, width):
         raise ValueError(
             f"EQ-Reg: {name} is {height}x{width}; {group.name} rotations need square images (crop square "
             "patches, or use group 'C2', whose 180-degree rotation keeps any shape)."
