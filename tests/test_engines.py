@@ -34,6 +34,36 @@ def test_arms_batch_size_and_term(arm: str, batch: int, has_term: bool) -> None:
     assert ("eq_reg" in trainer.state.output[0]) is has_term
 
 
+def _rotation_between(first: torch.Tensor, second: torch.Tensor) -> int | None:
+    """The k of ``second == rot90(first, k)`` over the spatial dims, or None."""
+    return next((k for k in range(4) if torch.equal(second, torch.rot90(first, k, dims=(-2, -1)))), None)
+
+
+@pytest.mark.parametrize("arm", ["aug", "eqreg"])
+def test_paired_arms_train_on_rotated_copies_of_image_and_label(arm: str) -> None:
+    """The second half of every batch is the first half rotated by a drawn element, image and label alike."""
+    net, loader, opt = _setup()
+    inputs, labels = [], []
+    net.register_forward_hook(lambda m, i, o: inputs.append(i[0].detach().clone()))
+
+    def loss(pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        labels.append(label.detach().clone())
+        return nn.functional.mse_loss(pred, label)
+
+    trainer = build_trainer(net, loader, opt, loss, max_epochs=1, arm=arm, settings=SETTINGS, progress=False)
+    trainer.run()
+    first_images = [batch["image"] for batch in loader]
+    assert len(inputs) == len(labels) == len(first_images) == 4
+    drawn = []
+    for x, y, original in zip(inputs, labels, first_images):
+        assert torch.equal(x[:2], original)  # the original half is untouched
+        k = _rotation_between(x[:2], x[2:])
+        assert k in SETTINGS.elements
+        assert _rotation_between(y[:2], y[2:]) == k  # the label is rotated with its image
+        drawn.append(k)
+    assert len(set(drawn)) > 1  # drawn per step, not fixed
+
+
 def test_unknown_arm() -> None:
     net, _, _ = _setup()
     with pytest.raises(ValueError, match="Unknown arm 'rot'"):
@@ -117,6 +147,40 @@ def test_strict_arm_trains_the_strict_network_and_reports_zero_equivariance_erro
     json_path, md_path = write_results(tmp_path, {"arms": list(results)}, [table, format_equivariance_table(results)])
     assert json_path.exists() and "| strict | 3 | 0.0000 | 0.0000 |" in md_path.read_text()
     assert (tmp_path / "strict" / "model.pt").exists()
+
+
+def test_strict_arm_sees_the_data_order_of_the_other_arms() -> None:
+    """A strict network initialises with other random draws; the loader must still shuffle alike."""
+    from monai.data import Dataset
+
+    from eqmar.engines import TaskSpec, run_arms
+    from eqmar.networks import StrictRestorationNet
+
+    data = [{"image": torch.rand(1, 32, 32), "label": torch.rand(1, 32, 32), "index": i} for i in range(8)]
+    seen: dict[str, list[int]] = {}
+    current: list[str] = []
+
+    def prepare_batch(batch, device=None, non_blocking=False, **kwargs):
+        seen.setdefault(current[-1], []).extend(int(i) for i in batch["index"])
+        return batch["image"].to(device), batch["label"].to(device)
+
+    def make_network() -> nn.Module:
+        current.append("plain")
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=1, features=(4, 4, 8, 8, 16, 4))
+
+    def make_strict_network() -> nn.Module:
+        current.append("strict")
+        return StrictRestorationNet(1, 1, fields=2, depth=3)
+
+    task = TaskSpec(
+        make_network=make_network, make_strict_network=make_strict_network,
+        make_optimizer=lambda net: (torch.optim.SGD(net.parameters(), 1e-3), None),
+        loss_function=nn.MSELoss(), train_loader=DataLoader(Dataset(data), batch_size=2, shuffle=True),
+        evaluate=lambda net: {}, max_epochs=3, prepare_batch=prepare_batch,
+    )
+    run_arms(task, ["strict", "plain"], SETTINGS, seed=3, progress=False)
+    assert len(seen["plain"]) == 24 and seen["strict"] == seen["plain"]
+    assert seen["plain"][:8] != list(range(8))  # shuffled, so the comparison means something
 
 
 def test_strict_arm_needs_a_strict_network() -> None:

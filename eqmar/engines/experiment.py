@@ -123,6 +123,7 @@ def run_arms(
     if STRICT_ARM in arms and task.make_strict_network is None:
         raise ValueError("The 'strict' arm needs TaskSpec.make_strict_network.")
     device = rank_device(device)
+    data_order = _random_state_after_init(task, seed) if STRICT_ARM in arms else None
     results: dict[str, ArmResult] = {}
     for arm in arms:
         strict = arm == STRICT_ARM
@@ -131,6 +132,10 @@ def run_arms(
         # without this, every arm (and every run) would see different random crops.
         set_rnd(getattr(task.train_loader, "dataset", task.train_loader), seed)
         network = (task.make_strict_network() if strict else task.make_network()).to(device)
+        if data_order is not None and strict:
+            # The loader shuffles with the global generators, which the strict network's initialisation
+            # advances differently: without this the strict arm would train on another data order.
+            _set_random_state(data_order)
         optimizer, scheduler = task.make_optimizer(network)
         arm_dir = Path(output_dir) / arm if output_dir is not None else None
         evaluator = task.make_evaluator(network) if task.make_evaluator else None
@@ -166,6 +171,29 @@ def run_arms(
         if is_main_process():
             logger.info("%s: %d iterations in %.1f s, %s", arm, trainer.state.iteration, seconds, metrics)
     return results
+
+
+def _random_state_after_init(task: TaskSpec, seed: int) -> tuple[Any, Any, Any]:
+    """The global random state the CNN arms train from: seeded with ``seed``, advanced by ``task.make_network()``."""
+    import random
+
+    import numpy as np
+    from monai.utils import set_determinism
+
+    set_determinism(seed=seed)
+    task.make_network()
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_random_state(state: tuple[Any, Any, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch_state, numpy_state, python_state = state
+    torch.set_rng_state(torch_state)
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 def _save_weights(task: TaskSpec, network: nn.Module, arm_dir: Path | None) -> Path | None:
