@@ -330,7 +330,9 @@ def _load_engine(args: argparse.Namespace) -> Any:
         return MARInference(args.checkpoint, device=device, metal_threshold_hu=threshold, trace_model=args.trace_model)
     except (FileNotFoundError, ValueError) as error:
         # torch's unpickling errors run over many lines; the first one names the problem
-        raise InferenceInputError(f"checkpoint {args.checkpoint}: {str(error).splitlines()[0]}") from error
+        message = (str(error).splitlines() or [type(error).__name__])[0]
+        name = "" if str(args.checkpoint) in message else f" {args.checkpoint}"  # most messages name the file
+        raise InferenceInputError(f"--checkpoint{name}: {message}") from error
 
 
 def _run(args: argparse.Namespace) -> int:

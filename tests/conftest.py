@@ -81,3 +81,28 @@ def make_tiny_syndeeplesion(root: Path, train_masks: int) -> Path:
     synthesize_dataset(demo_sources(1, split="test"), select_split_masks(masks, "test"), root, "test", config,
                        progress=False)
     return root
+
+
+def make_trainer_checkpoint(network: torch.nn.Module, out_dir: Path) -> Path:
+    """Train an unrolled MAR ``network`` one EQ-Reg step with eqmar's trainer; return the checkpoint it wrote.
+
+    The file is what a training run leaves in ``<arm>/checkpoints`` (network, optimizer, LR scheduler,
+    trainer and pairing state), not a model file.
+    """
+    from eqmar.engines import EQRegSettings, build_trainer
+    from eqmar.losses import MARLoss
+
+    metal_free = torch.ones(2, 1, 16, 16)  # image: (ma_CT, LI_CT, 1 - mask); label: (gt, 1 - mask)
+    batch = {
+        "image": torch.cat([torch.rand(2, 2, 16, 16), metal_free], 1),
+        "label": torch.cat([torch.rand(2, 1, 16, 16), metal_free], 1),
+    }
+    optimizer = torch.optim.Adam(network.parameters(), 1e-3)
+    trainer = build_trainer(
+        network, [batch], optimizer, MARLoss(), max_epochs=1, arm="eqreg",
+        settings=EQRegSettings(weight=1e-3, group="C4", layers=torch.nn.Conv2d), image_keys=("image", "label"),
+        output_dir=out_dir, lr_scheduler=torch.optim.lr_scheduler.MultiStepLR(optimizer, [1]), progress=False,
+        tensorboard=False,
+    )
+    trainer.run()
+    return out_dir / "checkpoints" / "checkpoint_final.pt"

@@ -284,6 +284,31 @@ def test_model_saver_checks_the_spec(tmp_path):
     assert load_mar_model(path)[1]["meta"] == {"geometry_tag": TAG, "image_size": 128}
 
 
+def test_load_mar_weights_takes_the_network_of_a_trainer_checkpoint(tmp_path):
+    """The trainer saves the network under "network": network_def supplies the architecture it lacks."""
+    from conftest import make_trainer_checkpoint
+
+    spec = network_spec("dicdnet", num_stages=1, features=8, num_filters=8, num_res_blocks=1)
+    trained = build_from_spec(spec)
+    checkpoint = make_trainer_checkpoint(trained, tmp_path / "eqreg")
+    assert {"network", "optimizer", "trainer", "lr_scheduler"} <= set(torch.load(checkpoint, weights_only=True))
+    loaded = load_mar_weights(build_from_spec(spec), checkpoint)
+    for key, value in trained.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value)
+    torch.save({"model": trained.state_dict()}, tmp_path / "model_key.pt")  # MONAI's usual key still works
+    load_mar_weights(build_from_spec(spec), tmp_path / "model_key.pt")
+    # weights of another backbone: the message says which keys differ, not just "Error(s) in loading"
+    acdnet = network_spec("acdnet", num_stages=1, features=8, num_filters=8, num_res_blocks=1)
+    with pytest.raises(ValueError, match=r"checkpoint_final.pt: weights do not match .*\(ACDNet\): 69 key\(s\) missing: warmup_"):
+        load_mar_weights(build_from_spec(acdnet), checkpoint)
+    save_mar_model(tmp_path / "arm" / "model.pt", trained, spec)
+    with pytest.raises(ValueError, match=r"is a folder, not a model file; the model file of a training arm is"):
+        load_mar_weights(trained, tmp_path / "arm")
+    (tmp_path / "empty.pt").touch()
+    with pytest.raises(ValueError, match=r"empty.pt: empty file \(0 bytes\)"):
+        load_mar_weights(trained, tmp_path / "empty.pt")
+
+
 # ----------------------------------------------------------------------- parallel-beam fallback
 def test_parallel_beam_fbp_reconstructs():
     n = 64

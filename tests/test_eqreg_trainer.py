@@ -295,3 +295,20 @@ def test_non_square_images_are_refused_for_every_draw_of_c4() -> None:
         with pytest.raises(ValueError, match=r"batch\['image'\] is 8x12; C4 rotations need square images"):
             pair_batch(batch, "C4", n)
     assert pair_batch(batch, "C2", 1)["image"].shape == (4, 1, 8, 12)
+
+
+class _DictOutput(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": x}
+
+
+def test_a_layer_output_that_is_not_4d_is_named_with_its_shape_or_type() -> None:
+    image = torch.randn(2, 1, 8, 8)
+    flat = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(2))
+    eqreg = EQReg(flat, layers=["1"])
+    with pytest.raises(ValueError, match=r"layer '1' must output a \(B, C, H, W\) tensor, got a tensor of shape \(4, 4, 64\)\."):
+        flat(eqreg.pair(image, n=1))
+    wrapped = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _DictOutput())
+    eqreg = EQReg(wrapped, layers=["1"])
+    with pytest.raises(ValueError, match=r"got dict \(no tensor\)"):
+        wrapped(eqreg.pair(image, n=1))

@@ -51,3 +51,13 @@ def test_bad_configurations_are_rejected() -> None:
         StrictRestorationNet(3, 1)
     with pytest.raises(ValueError, match="interpolates"):
         StrictRestorationNet(1, 1, group="C8")
+
+
+def test_group_pool_names_channels_not_divisible_by_the_group_order() -> None:
+    from eqmar.equivariance.gconv import GroupPool
+
+    assert GroupPool("C4")(torch.randn(2, 8, 5, 5)).shape == (2, 2, 5, 5)
+    with pytest.raises(ValueError, match=r"6 channels are not divisible by the order 4 of C4"):
+        GroupPool("C4")(torch.randn(2, 6, 5, 5))
+    with pytest.raises(ValueError, match=r"got shape \(6,\)"):
+        GroupPool("C4")(torch.randn(6))

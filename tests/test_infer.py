@@ -424,6 +424,39 @@ def test_cli_errors_exit_2_naming_the_file(model_path, metal_slice, tmp_path, ca
         assert name in err and "Traceback" not in err and len(err.splitlines()) == 1, err
 
 
+def test_cli_names_a_training_checkpoint_and_other_wrong_model_files(metal_slice, tmp_path, capsys):
+    """Files a user may pass by mistake as --checkpoint: one line naming the file and what to use instead."""
+    from conftest import make_trainer_checkpoint
+    from eqmar.networks import ACDNet, DICDNet
+
+    png = write_deeplesion_png(tmp_path / "in" / "1.png", metal_slice[0])
+    arm = tmp_path / "run" / "eqreg"
+    checkpoint = make_trainer_checkpoint(DICDNet(**TINY), arm)
+
+    def error_of(path: Path) -> str:
+        capsys.readouterr()
+        assert _run_cli(path, png, tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.splitlines()) == 1, err
+        return err
+
+    # before the arm finishes there is no model file yet
+    assert "is a training checkpoint" in error_of(checkpoint) and "model.pt does not exist yet" in error_of(checkpoint)
+    model = save_mar_model(arm / "model.pt", DICDNet(**TINY), network_spec("dicdnet", **TINY))
+    assert f"{checkpoint} is a training checkpoint" in error_of(checkpoint)
+    assert f"use {model}, written next to it" in error_of(checkpoint)
+    assert f"{arm} is a folder, not a model file; the model file of a training arm is {model}" in error_of(arm)
+    (tmp_path / "empty.pt").touch()
+    assert "empty.pt: empty file (0 bytes)" in error_of(tmp_path / "empty.pt")
+    # a model file whose weights belong to another backbone than its spec says
+    other = save_mar_model(tmp_path / "other.pt", ACDNet(**TINY), network_spec("dicdnet", **TINY))
+    assert "other.pt: weights do not match the dicdnet network: 1 key(s) missing: first_dictionary" in error_of(other)
+    odd_spec = save_mar_model(tmp_path / "odd.pt", DICDNet(**TINY), network_spec("dicdnet", **TINY, colour=True))
+    assert "odd.pt: model spec does not fit the dicdnet network" in error_of(odd_spec)
+    torch.save({"format": "eqmar-mar-model/1", "network": "dicdnet", "state_dict": {}}, tmp_path / "flat.pt")
+    assert "flat.pt: model spec must be" in error_of(tmp_path / "flat.pt")
+
+
 def test_cli_bad_device_and_unsupported_input(model_path, metal_slice, tmp_path, capsys):
     png = write_deeplesion_png(tmp_path / "1.png", metal_slice[0])
     capsys.readouterr()

@@ -102,3 +102,51 @@ def test_acdnet_regularises_its_x_net_and_a_misfit_fails_before_training() -> No
     both = MARExperimentConfig.demo_default(backbone="acdnet", num_stages=2, regularised=("x_net", "m_net"))
     with pytest.raises(ValueError, match="divisible"):
         _check_regularised_layers(both, net, regularised_layers(both, net))
+
+
+def _recipe_main():
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import mar_deeplesion
+
+    return mar_deeplesion.main
+
+
+def test_regularise_typo_fails_before_any_data_or_training_listing_the_valid_names(tmp_path, capsys) -> None:
+    main = _recipe_main()
+    # --arm plain too: a typo must not be ignored just because this run trains no EQ-Reg arm
+    for arm in ("eqreg", "plain"):
+        assert main(["--regularise", "x_nett", "--arm", arm, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "no proximal sub-network named 'x_nett'; valid names: m_net, x_net" in err, err
+        assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="ACDNet has no proximal sub-network named 'y_net'; valid names: m_net, x_net"):
+        MARExperimentConfig.demo_default(backbone="acdnet", regularised=("x_net", "y_net"))
+    with pytest.raises(ValueError, match="only the unrolled backbones have"):
+        MARExperimentConfig.demo_default(backbone="unet", regularised=("x_net",))
+    assert MARExperimentConfig.demo_default(backbone="oscnet", regularised=("m_net",)).regularised == ("m_net",)
+
+
+def test_overlapping_or_negative_mask_indices_are_refused(tmp_path, capsys) -> None:
+    main = _recipe_main()
+    argv = ["--out", str(tmp_path / "run"), "--no-progress", "--train-masks", "0-5,9", "--val-masks", "4-9"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "share mask indices 4-5,9" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(ValueError, match=r"share mask indices 80-89"):  # the published validation masks
+        MARExperimentConfig.published(tmp_path, train_masks=tuple(range(90)))
+    with pytest.raises(ValueError, match=r"must be >= 0, got \[-3\]"):
+        MARExperimentConfig.demo_default(train_masks=(-3, 0))
+
+
+def test_mask_indices_beyond_the_mask_file_name_it(tmp_path, capsys) -> None:
+    """The data set knows how many masks the root has: it names the mask file and stops before training."""
+    import numpy as np
+
+    root = tmp_path / "SynDeepLesion"
+    root.mkdir()
+    (root / f"train_{TINY_TAG}_dir.txt").write_text("000001_01_01/103/gt.h5\n")
+    np.save(root / "trainmask.npy", np.ones((8, 8, 4), np.uint8))
+    argv = ["--data", str(root), "--geometry-tag", TINY_TAG, "--out", str(tmp_path / "run"), "--no-progress"]
+    assert _recipe_main()([*argv, "--train-masks", "2-5", "--val-masks", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "mask_indices [4, 5] outside the 4 masks of" in err and "trainmask.npy" in err, err

@@ -12,7 +12,16 @@ from eqmar.engines.distributed import (
     shard_loader,
 )
 from eqmar.engines.experiment import STRICT_ARM, ArmResult, TaskSpec, run_arms
-from eqmar.engines.report import arm_summary, format_arm_table, format_equivariance_table, plot_image_grid, write_results
+from eqmar.engines.report import (
+    RUN_ONLY_SETTINGS,
+    arm_summary,
+    format_arm_table,
+    format_equivariance_table,
+    merge_earlier_arms,
+    note_earlier_arms,
+    plot_image_grid,
+    write_results,
+)
 from eqmar.engines.trainer import build_trainer, latest_checkpoint, loss_terms
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
     "ArmComponents",
     "ArmResult",
     "EQRegSettings",
+    "RUN_ONLY_SETTINGS",
     "STRICT_ARM",
     "ShardedSampler",
     "TaskSpec",
@@ -34,6 +44,8 @@ __all__ = [
     "launch",
     "loss_terms",
     "main_process_first",
+    "merge_earlier_arms",
+    "note_earlier_arms",
     "plot_image_grid",
     "run_arms",
     "shard_loader",

@@ -3,13 +3,19 @@
 Recipes score each arm (plain / aug / eqreg / strict) plus any input baseline with their task's
 metrics, then hand the numbers here so every task prints the same table layout and writes the same
 files: ``results.json`` (numbers, timings, equivariance) and ``results.md`` (the tables).
+
+A run that trains only some arms (``--arm``) into a directory holding an earlier run's results keeps
+the earlier arms that it does not retrain, provided the earlier run used the same settings
+(:func:`merge_earlier_arms`); otherwise the earlier ``results.json`` is renamed aside, never lost.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +23,26 @@ import numpy as np
 
 from eqmar.engines.distributed import is_main_process
 from eqmar.engines.experiment import ArmResult
+from eqmar.equivariance import EquivarianceReport
 
-__all__ = ["format_arm_table", "format_equivariance_table", "arm_summary", "write_results", "plot_image_grid"]
+__all__ = [
+    "RUN_ONLY_SETTINGS",
+    "format_arm_table",
+    "format_equivariance_table",
+    "arm_summary",
+    "merge_earlier_arms",
+    "note_earlier_arms",
+    "write_results",
+    "plot_image_grid",
+]
+
+logger = logging.getLogger("eqmar.report")
+
+#: ``config`` keys that say which arms ran and how or where, not what they learnt: runs that differ
+#: only in these produce comparable arms.
+RUN_ONLY_SETTINGS: frozenset[str] = frozenset(
+    {"arms", "resume", "progress", "checkpoint_interval", "workers", "threads", "device", "output_dir"}
+)
 
 
 def _cell(value: Any, digits: int) -> str:
@@ -55,14 +79,23 @@ def format_arm_table(
     return "\n".join(lines)
 
 
-def format_equivariance_table(results: Mapping[str, ArmResult]) -> str:
-    """Markdown table of each arm's mean layer error and output error (arms without a report are left out)."""
+def format_equivariance_table(
+    results: Mapping[str, ArmResult | EquivarianceReport | Mapping[str, Any] | None],
+) -> str:
+    """Markdown table of each arm's mean layer error and output error (arms without a report are left out).
+
+    Args:
+        results: per arm, its :class:`ArmResult`, its report, or the report's JSON form
+            (:meth:`EquivarianceReport.to_dict`, as an earlier run's ``results.json`` holds it).
+    """
     lines = [
         "| arm | measured layers | mean relative layer error | output error |",
         "|---|:---:|:---:|:---:|",
     ]
     for arm, result in results.items():
-        report = result.equivariance
+        report = result.equivariance if isinstance(result, ArmResult) else result
+        if isinstance(report, Mapping):
+            report = EquivarianceReport.from_dict(report)
         if report is not None:
             lines.append(f"| {arm} | {len(report.layers)} | {report.mean_layer_error:.4f} | {report.output:.4f} |")
     return "\n".join(lines)
@@ -79,6 +112,115 @@ def arm_summary(result: ArmResult) -> dict[str, Any]:
         "validation": result.validation,
         "equivariance": result.equivariance.to_dict() if result.equivariance is not None else None,
     }
+
+
+def merge_earlier_arms(
+    output_dir: str | Path,
+    config: Mapping[str, Any],
+    arms: Mapping[str, Mapping[str, Any]],
+    order: Sequence[str] = (),
+    ignore: Collection[str] = RUN_ONLY_SETTINGS,
+) -> dict[str, dict[str, Any]]:
+    """This run's arm summaries plus those of an earlier comparable run into the same directory.
+
+    The earlier run is ``output_dir/results.json``. Its arms are kept when its ``"config"`` equals
+    ``config`` in every key but ``ignore``; arms trained again now replace their earlier entries.
+    When a setting differs, or the file cannot be read, nothing is kept: a warning names the
+    differing settings and the earlier file is renamed to ``results.<UTC timestamp>.json`` (by rank 0
+    only), so writing this run's results never destroys earlier numbers.
+
+    Args:
+        output_dir: the run's output directory.
+        config: this run's ``"config"`` entry of ``results.json``.
+        arms: this run's ``{arm: JSON summary}``.
+        order: the task's full arm order; the merged arms follow it, arms not in it come after.
+        ignore: top-level ``config`` keys that do not affect comparability.
+
+    Returns:
+        ``{arm: summary}``: this run's summaries and the kept earlier ones, each of the latter with
+        ``"from_earlier_run": True``.
+    """
+    earlier = _comparable_earlier_arms(Path(output_dir) / "results.json", config, ignore)
+    merged: dict[str, dict[str, Any]] = {arm: dict(summary) for arm, summary in arms.items()}
+    merged.update({arm: {**summary, "from_earlier_run": True} for arm, summary in earlier.items() if arm not in arms})
+    rank = {arm: index for index, arm in enumerate(order)}
+    # sorted() is stable: arms outside ``order`` keep their place, this run's first, after the ordered ones
+    return dict(sorted(merged.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+def note_earlier_arms(
+    table: str, arms: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str] | None = None
+) -> str:
+    """``table`` followed by a line naming its rows that come from an earlier run (unchanged when none do).
+
+    Args:
+        table: a Markdown table.
+        arms: the merged ``{arm: summary}`` of :func:`merge_earlier_arms`.
+        labels: an arm's row name in ``table`` where it is not the arm's name (e.g. "strict (P4)").
+    """
+    labels = labels or {}
+    names = [labels.get(arm, arm) for arm, summary in arms.items() if summary.get("from_earlier_run")]
+    if not names:
+        return table
+    return f"{table}\n\n*From an earlier run into this directory with the same settings: {', '.join(names)}.*"
+
+
+def _comparable_earlier_arms(path: Path, config: Mapping[str, Any], ignore: Collection[str]) -> dict[str, Any]:
+    """The ``"arms"`` of the results file at ``path`` if its settings match ``config``; else move it aside."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        if not isinstance(earlier.get("config"), Mapping) or not isinstance(earlier.get("arms"), Mapping):
+            raise ValueError("no 'config' or 'arms' entry")
+        if not all(isinstance(summary, Mapping) for summary in earlier["arms"].values()):
+            raise ValueError("an 'arms' entry is not an object")
+    except (OSError, ValueError, AttributeError) as error:  # AttributeError: valid JSON that is not an object
+        if is_main_process():
+            logger.warning("cannot read the earlier %s (%s); keeping it as %s", path, error, _move_aside(path))
+        return {}
+    differing = _differing_settings(earlier["config"], config, ignore)
+    if differing:
+        if is_main_process():
+            logger.warning(
+                "the earlier %s was made with other settings (%s); its arms are not merged into this run's "
+                "results, and it is kept as %s", path, ", ".join(differing), _move_aside(path),
+            )
+        return {}
+    return dict(earlier["arms"])
+
+
+def _differing_settings(
+    earlier: Mapping[str, Any], current: Mapping[str, Any], ignore: Collection[str] = (), prefix: str = ""
+) -> list[str]:
+    """Names of the settings that differ, nested mappings as ``outer.inner``, compared in their JSON form."""
+    differing = []
+    for key in sorted(set(earlier) | set(current), key=str):
+        if key in ignore:
+            continue
+        old, new = earlier.get(key), current.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            differing += _differing_settings(old, new, prefix=f"{prefix}{key}.")
+        # JSON text, not ==: tuples are lists in the earlier file and NaN must equal NaN
+        elif key not in earlier or key not in current or _json_text(old) != _json_text(new):
+            differing.append(f"{prefix}{key}")
+    return differing
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<stem>.<UTC timestamp>.json`` beside it (a counter is added if that exists)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+    count = 1
+    while target.exists():
+        target = path.with_name(f"{path.stem}.{stamp}-{count}{path.suffix}")
+        count += 1
+    path.rename(target)
+    return target
 
 
 def write_results(output_dir: str | Path, payload: Mapping[str, Any], tables: Sequence[str]) -> tuple[Path, Path]:

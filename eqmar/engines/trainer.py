@@ -25,9 +25,12 @@ from eqmar.engines.arms import EQRegSettings, build_arm
 from eqmar.engines.distributed import is_main_process, rank_device, shard_loader, wrap_network
 from eqmar.equivariance import unwrap_network
 
-__all__ = ["build_trainer", "latest_checkpoint", "loss_terms"]
+__all__ = ["build_trainer", "latest_checkpoint", "loss_terms", "CHECKPOINT_NETWORK_KEY"]
 
 _CHECKPOINT_PREFIX = "checkpoint"
+#: Key of the network's state dict in the checkpoints :func:`build_trainer` writes (next to
+#: "optimizer", "trainer", "lr_scheduler" and the arm's "pairing" state).
+CHECKPOINT_NETWORK_KEY = "network"
 
 
 def loss_terms(output: Any) -> dict[str, float]:
@@ -142,7 +145,7 @@ def build_trainer(
 
     if output_dir is not None:
         ckpt_dir = Path(output_dir) / "checkpoints"
-        state = {"network": module, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state}
+        state = {CHECKPOINT_NETWORK_KEY: module, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state}
         if lr_scheduler is not None:
             state["lr_scheduler"] = lr_scheduler
         previous = latest_checkpoint(ckpt_dir) if resume else None

@@ -59,6 +59,21 @@ class EquivarianceReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EquivarianceReport:
+        """The report :meth:`to_dict` gave (e.g. read back from ``results.json``); other keys are ignored.
+
+        Raises:
+            KeyError: when ``"group"`` or ``"elements"`` is missing.
+        """
+        return cls(
+            group=str(data["group"]),
+            elements=[int(n) for n in data["elements"]],
+            layers={str(name): float(error) for name, error in data.get("layers", {}).items()},
+            output=float(data.get("output", float("nan"))),
+            samples=int(data.get("samples", 0)),
+        )
+
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2))

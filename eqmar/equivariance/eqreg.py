@@ -50,6 +50,15 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
+def _describe_output(output: Any) -> str:
+    """What a layer returned, for an error message: the shape of its tensor, else its type."""
+    features = _first_tensor(output)
+    if features is None:
+        return f"{type(output).__name__} (no tensor)"
+    where = "" if output is features else f" (first item of a {type(output).__name__})"
+    return f"a tensor of shape {tuple(features.shape)}{where}"
+
+
 def _replace_first_tensor(output: Any, tensor: torch.Tensor) -> Any:
     """``output`` with the tensor that :func:`_first_tensor` found swapped for ``tensor``."""
     if isinstance(output, torch.Tensor):
@@ -137,7 +146,9 @@ class EQReg(RotationPairing):
                 return None
             features = _first_tensor(output)
             if features is None or features.ndim != 4:
-                raise ValueError(f"EQ-Reg: layer {name!r} must output a (B, C, H, W) tensor, got {type(output).__name__}.")
+                raise ValueError(
+                    f"EQ-Reg: layer {name!r} must output a (B, C, H, W) tensor, got {_describe_output(output)}."
+                )
             if features.shape[1] % self.group.order:
                 raise ValueError(
                     f"EQ-Reg: layer {name!r} outputs {features.shape[1]} channels, not divisible by the "

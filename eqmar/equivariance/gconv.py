@@ -119,6 +119,19 @@ class GroupPool(nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool ``x`` of shape ``(B, fields · order, ...)`` over orientations.
+
+        Raises:
+            ValueError: ``x`` has fewer than 2 dimensions, or a channel count not divisible by the group order.
+        """
+        if x.ndim < 2:
+            raise ValueError(f"GroupPool needs a (B, C, ...) tensor, got shape {tuple(x.shape)}.")
         b, c, *spatial = x.shape
+        if c % self.group.order:
+            # without this, reshape fails with a message about element counts that names neither
+            raise ValueError(
+                f"GroupPool: {c} channels are not divisible by the order {self.group.order} of {self.group.name}; "
+                f"the input must hold whole fields of {self.group.order} orientation channels each."
+            )
         fields = x.reshape(b, c // self.group.order, self.group.order, *spatial)
         return fields.amax(dim=2) if self.mode == "max" else fields.mean(dim=2)

@@ -85,6 +85,15 @@ class MARScores:
             name: {"psnr": self.psnr[name], "ssim": self.ssim[name], "n": self.count[name]} for name in self.psnr
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, float]]) -> MARScores:
+        """The scores :meth:`as_dict` gave (e.g. read back from ``results.json``)."""
+        return cls(
+            psnr={name: float(cell["psnr"]) for name, cell in data.items()},
+            ssim={name: float(cell["ssim"]) for name, cell in data.items()},
+            count={name: int(cell["n"]) for name, cell in data.items()},
+        )
+
     def to_markdown(self, name: str = "method", psnr_digits: int = 2, ssim_digits: int = 4) -> str:
         """This result as a one-row paper table; see :func:`format_mar_table`."""
         return format_mar_table({name: self}, psnr_digits=psnr_digits, ssim_digits=ssim_digits)

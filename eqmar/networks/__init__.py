@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from eqmar.networks.acdnet import ACDNet
 from eqmar.networks.baseline import MARResidualUNet, mar_baseline_unet
-from eqmar.networks.blocks import MAROutput, proximal_conv_names
+from eqmar.networks.blocks import MAROutput, proximal_conv_names, proximal_net_names
 from eqmar.networks.dicdnet import DICDNet
 from eqmar.networks.group_equivariant import StrictClassifier, StrictRestorationNet, count_parameters, match_fields
 from eqmar.networks.oscnet import OSCNet
@@ -32,4 +32,5 @@ __all__ = [
     "mar_baseline_unet",
     "match_fields",
     "proximal_conv_names",
+    "proximal_net_names",
 ]

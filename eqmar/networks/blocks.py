@@ -46,6 +46,7 @@ __all__ = [
     "ImageInitializer",
     "image_update",
     "proximal_conv_names",
+    "proximal_net_names",
     "ConvDictionary",
     "feature_map_update",
     "StageTrace",
@@ -373,25 +374,54 @@ def proximal_conv_names(
 
     Returns:
         names usable with ``net.get_submodule``.
+
+    Raises:
+        ValueError: ``which`` is empty or names a kind that selects no conv (the message lists the
+            valid names, see :func:`proximal_net_names`), or a selected conv does not fit ``group_order``.
     """
     if isinstance(which, str):
         which = (which,)
     kinds = tuple(which)
     if not kinds:
         raise ValueError("which must name at least one sub-network kind, e.g. ('x_net', 'm_net').")
-    names = []
+    selected: dict[str, nn.Conv2d] = {}
+    matched: set[str] = set()
     for name, module in net.named_modules():
         if not isinstance(module, nn.Conv2d):
             continue
         parts = name.split(".")
-        if any(p == k or p.endswith("_" + k) for p in parts for k in kinds):
-            if group_order is not None and module.out_channels % group_order:
-                raise ValueError(
-                    f"conv {name!r} has out_channels={module.out_channels}, not divisible by "
-                    f"group_order={group_order}; it cannot be regularised with this group."
-                )
-            names.append(name)
-    return names
+        hits = {k for k in kinds if any(p == k or p.endswith("_" + k) for p in parts)}
+        if hits:
+            matched |= hits
+            selected[name] = module
+    _check_proximal_kinds(net, [k for k in kinds if k not in matched])
+    for name, module in selected.items():
+        if group_order is not None and module.out_channels % group_order:
+            raise ValueError(
+                f"conv {name!r} has out_channels={module.out_channels}, not divisible by "
+                f"group_order={group_order}; it cannot be regularised with this group."
+            )
+    return list(selected)
+
+
+def proximal_net_names(net: nn.Module) -> list[str]:
+    """The sub-network kinds of ``net`` that :func:`proximal_conv_names` accepts, e.g. ``["m_net", "x_net"]``.
+
+    A kind is the last name component of a :class:`ProximalNet`; ``final_x_net`` is listed as the
+    ``x_net`` it extends, since selecting ``x_net`` selects it too.
+    """
+    found = {name.split(".")[-1] for name, module in net.named_modules() if isinstance(module, ProximalNet)}
+    return sorted(k for k in found if not any(k.endswith("_" + other) for other in found if other != k))
+
+
+def _check_proximal_kinds(net: nn.Module, unknown: Sequence[str]) -> None:
+    """Raise for kinds that select no conv: a typo would otherwise regularise nothing without a word."""
+    if not unknown:
+        return
+    network = type(getattr(net, "module", net)).__name__  # a DDP wrapper names its module
+    valid = proximal_net_names(net)
+    choices = f"valid names: {', '.join(valid)}" if valid else "it has no proximal sub-networks"
+    raise ValueError(f"{network} has no proximal sub-network named {', '.join(map(repr, unknown))}; {choices}.")
 
 
 class ConvDictionary(nn.Module):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ from eqmar.engines import (
     arm_summary,
     format_arm_table,
     format_equivariance_table,
+    merge_earlier_arms,
+    note_earlier_arms,
     run_arms,
     write_results,
 )
@@ -233,9 +236,17 @@ def _run_strict_arm(
     return result
 
 
-def arm_row(result: ArmResult) -> dict[str, float]:
-    """One table row: accuracies in %, parameter count and training time."""
-    values = {**result.metrics, "train_seconds": result.train_seconds}
+def arm_row(result: ArmResult | Mapping[str, Any]) -> dict[str, float]:
+    """One table row: accuracies in %, parameter count and training time.
+
+    Args:
+        result: an arm's result, or its JSON summary (:func:`~eqmar.engines.arm_summary`, e.g. an
+            earlier run's entry in ``results.json``).
+    """
+    if isinstance(result, ArmResult):
+        values = {**result.metrics, "train_seconds": result.train_seconds}
+    else:
+        values = {**result["metrics"], "train_seconds": result["train_seconds"]}
     return {column: values[key] * scale for column, (key, scale, _) in TABLE_COLUMNS.items()}
 
 
@@ -257,23 +268,22 @@ def _train_arms(cfg: ClassificationConfig, data: ClassificationData, device: tor
 def _write_outputs(
     cfg: ClassificationConfig, data: ClassificationData, results: dict[str, ArmResult], device: torch.device, seconds: float
 ) -> dict[str, Any]:
-    """Tables, figures, ``results.json`` and ``results.md``; returns the JSON payload."""
-    out = Path(cfg.output_dir)
-    digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
-    table = format_arm_table({arm: arm_row(r) for arm, r in results.items()}, digits=digits, first_header="arm")
-    equivariance = format_equivariance_table(results)
-    plot_accuracy_curves(
-        {arm: r.metrics["curve"] for arm, r in results.items()}, out / "accuracy_vs_angle.png",
-        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, seed {cfg.seed})",
-    )
-    # Strict networks are left out of this plot: their errors are zero, which a log axis cannot show.
-    reports = {arm: r.equivariance for arm, r in results.items() if arm in ARMS and r.equivariance is not None}
-    if reports:
-        from eqmar.equivariance import plot_equivariance_report
+    """Tables, ``results.json`` and ``results.md``, then the figures; returns the JSON payload.
 
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.group})")
+    The numbers are written before the figures are drawn, so a plotting failure cannot lose them.
+    Arms of an earlier run with the same settings into ``cfg.output_dir`` that this run does not
+    retrain stay in the results and tables (:func:`~eqmar.engines.merge_earlier_arms`); the figures
+    show this run's arms only.
+    """
+    out = Path(cfg.output_dir)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS)
+    digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
+    table = format_arm_table({arm: arm_row(s) for arm, s in arms.items()}, digits=digits, first_header="arm")
+    table = note_earlier_arms(table, arms)
+    equivariance = format_equivariance_table({arm: s["equivariance"] for arm, s in arms.items()})
     payload = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": config,
         "data": {
             "source": str(cfg.data) if cfg.data is not None else "sklearn.datasets.load_digits",
             "split": data.split,
@@ -284,12 +294,22 @@ def _write_outputs(
         },
         "device": str(device),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "arms": {arm: arm_summary(r) for arm, r in results.items()},
+        "arms": arms,
         "table": table,
         "equivariance_table": equivariance,
         "wall_seconds": round(seconds, 1),
     }
     write_results(out, payload, [table, equivariance])
+    plot_accuracy_curves(
+        {arm: r.metrics["curve"] for arm, r in results.items()}, out / "accuracy_vs_angle.png",
+        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, seed {cfg.seed})",
+    )
+    # Strict networks are left out of this plot: their errors are zero, which a log axis cannot show.
+    reports = {arm: r.equivariance for arm, r in results.items() if arm in ARMS and r.equivariance is not None}
+    if reports:
+        from eqmar.equivariance import plot_equivariance_report
+
+        plot_equivariance_report(reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.group})")
     return payload
 
 

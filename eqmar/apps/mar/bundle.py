@@ -386,16 +386,22 @@ class MARVolumeInferer(Inferer):
 def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load the weights of a MAR model file into ``network`` strictly and return it.
 
-    Accepts the self-describing files of :func:`~eqmar.apps.mar.model_file.save_mar_model`, and
-    plain state dicts or ``{"model": state_dict}`` checkpoints (MONAI's ``CheckpointSaver``).
+    Accepts the self-describing files of :func:`~eqmar.apps.mar.model_file.save_mar_model`, the
+    training checkpoints of :func:`eqmar.engines.build_trainer` (the network under ``"network"``),
+    ``{"model": state_dict}`` checkpoints (MONAI's ``CheckpointSaver`` with that key) and plain
+    state dicts. ``network`` supplies the architecture that a checkpoint does not describe.
 
     Raises:
         FileNotFoundError: missing file (with how to make one).
         ValueError: a file that holds no state dict, or weights that do not fit ``network``.
     """
-    from eqmar.apps.mar.model_file import MODEL_FORMAT
+    from eqmar.apps.mar.model_file import (
+        MODEL_FORMAT, _check_model_path, checkpoint_network_weights, describe_weight_mismatch,
+    )
 
     path = Path(path)
+    if path.is_dir() or (path.is_file() and path.stat().st_size == 0):
+        _check_model_path(path)  # names a folder or an empty file, which torch reports obscurely
     if not path.is_file():
         raise FileNotFoundError(
             f"MAR model file not found: {path}. Train one with recipes/mar_deeplesion.py (see the bundle's "
@@ -407,6 +413,8 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {str(error).splitlines()[0]})") from error
     if isinstance(payload, Mapping) and payload.get("format") == MODEL_FORMAT:
         state = payload["state_dict"]
+    elif checkpoint_network_weights(payload) is not None:
+        state = checkpoint_network_weights(payload)
     elif isinstance(payload, Mapping) and isinstance(payload.get("model"), Mapping):
         state = payload["model"]
     elif isinstance(payload, Mapping) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -418,7 +426,7 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
     except RuntimeError as error:
         raise ValueError(
             f"{path}: weights do not match the bundle's network_def ({type(network).__name__}): "
-            f"{str(error).splitlines()[0]} ... (check network_spec against the model file)"
+            f"{describe_weight_mismatch(network, state)} (check network_spec against the model file)"
         ) from error
     return network
 

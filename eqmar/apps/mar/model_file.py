@@ -11,13 +11,22 @@ key is an error, never a silently random layer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["MODEL_FORMAT", "network_spec", "build_from_spec", "save_mar_model", "load_mar_model"]
+__all__ = [
+    "MODEL_FORMAT",
+    "network_spec",
+    "build_from_spec",
+    "save_mar_model",
+    "load_mar_model",
+    "checkpoint_network_weights",
+    "describe_weight_mismatch",
+]
 
 MODEL_FORMAT = "eqmar-mar-model/1"
 
@@ -31,14 +40,18 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Construct the network described by :func:`network_spec` (untrained)."""
     from eqmar import networks
 
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("kwargs", {}), Mapping):
+        raise ValueError(f"model spec must be {{'backbone': name, 'kwargs': {{...}}}}, got {spec!r}")
     backbone = spec.get("backbone")
     kwargs = dict(spec.get("kwargs", {}))
-    if backbone == "unet":
-        return networks.mar_baseline_unet(**kwargs)
     classes = {"dicdnet": networks.DICDNet, "acdnet": networks.ACDNet, "oscnet": networks.OSCNet}
-    if backbone not in classes:
+    if backbone != "unet" and backbone not in classes:
         raise ValueError(f"unknown backbone {backbone!r} in model spec; expected one of {sorted(classes) + ['unet']}")
-    return classes[backbone](**kwargs)
+    build = networks.mar_baseline_unet if backbone == "unet" else classes[backbone]
+    try:
+        return build(**kwargs)
+    except TypeError as error:  # an argument the constructor does not take (e.g. a spec from another version)
+        raise ValueError(f"model spec does not fit the {backbone} network: {error}") from error
 
 
 def save_mar_model(path: str | Path, network: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
@@ -57,21 +70,101 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: not an eqmar MAR model file, or weights that do not match the network.
+        ValueError: a folder, an empty or unreadable file, a training checkpoint (which lacks the
+            network description) or another file that is not an eqmar MAR model file, a network
+            description that cannot be built, or weights that do not match the network.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+    _check_model_path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {error})") from error
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {first_line})") from error
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        if checkpoint_network_weights(payload) is not None:
+            raise ValueError(_training_checkpoint_message(path))
         raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).")
-    network = build_from_spec(payload["network"])
     try:
-        network.load_state_dict(payload["state_dict"], strict=True)
+        network = build_from_spec(payload.get("network"))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    state = payload.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path}: the model file holds no state dict.")
+    backbone = payload["network"].get("backbone")
+    try:
+        network.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not match the {payload['network'].get('backbone')} network: {error}") from error
+        raise ValueError(
+            f"{path}: weights do not match the {backbone} network: {describe_weight_mismatch(network, state)}"
+        ) from error
     network.eval()
     return network, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _check_model_path(path: Path) -> None:
+    """Name the usual wrong paths (missing, a folder, an empty file) before torch reports them obscurely."""
+    if path.is_dir():
+        inside = path / "model.pt"
+        hint = f"; the model file of a training arm is {inside}" if inside.is_file() else ""
+        raise ValueError(f"{path} is a folder, not a model file{hint}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a model file (was it copied or saved completely?).")
+
+
+def checkpoint_network_weights(payload: Any) -> Mapping[str, torch.Tensor] | None:
+    """The network's state dict in a training checkpoint of :func:`eqmar.engines.build_trainer`, else None.
+
+    Such checkpoints (written by MONAI's ``CheckpointSaver``) hold the state of every training
+    object: the network's under :data:`~eqmar.engines.trainer.CHECKPOINT_NETWORK_KEY`, and
+    ``"optimizer"``, ``"trainer"``, ... They do not say which network the weights belong to.
+    """
+    from eqmar.engines.trainer import CHECKPOINT_NETWORK_KEY
+
+    if not isinstance(payload, Mapping) or payload.get("format") == MODEL_FORMAT:
+        return None
+    state = payload.get(CHECKPOINT_NETWORK_KEY)
+    if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    return None
+
+
+def _training_checkpoint_message(path: Path) -> str:
+    """Why a training checkpoint cannot be used for inference, and which file to use instead."""
+    # build_trainer writes <arm>/checkpoints/checkpoint_*.pt; the arm writes <arm>/model.pt when it finishes
+    model = path.parent.parent / "model.pt" if path.parent.name == "checkpoints" else path.parent / "model.pt"
+    if model.is_file():
+        where = f"use {model}, written next to it"
+    else:
+        where = (
+            "use the model file <arm>/model.pt that training writes when the arm finishes "
+            f"({model} does not exist yet; finish training with --resume)"
+        )
+    return (
+        f"{path} is a training checkpoint (network, optimizer and trainer state), not a model file: it does not "
+        f"describe the network architecture, so the network cannot be rebuilt from it; {where}."
+    )
+
+
+def describe_weight_mismatch(network: nn.Module, state: Mapping[str, Any], limit: int = 3) -> str:
+    """One line saying how ``state`` differs from ``network``'s state dict: missing, unexpected and reshaped keys.
+
+    ``load_state_dict``'s own message lists every key over many lines; this names ``limit`` of each kind.
+    """
+    own = network.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} key(s) {what}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts) or "the state dict does not load"

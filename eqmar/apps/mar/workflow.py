@@ -29,6 +29,8 @@ from eqmar.engines import (
     arm_summary,
     is_main_process,
     main_process_first,
+    merge_earlier_arms,
+    note_earlier_arms,
     run_arms,
     write_results,
 )
@@ -81,6 +83,16 @@ class MARExperimentConfig:
     progress: bool = True
     demo: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse settings that would train on something else than asked, before any data is made or read.
+
+        Raises:
+            ValueError: negative or shared training/validation mask indices, or an unknown ``regularised`` name.
+        """
+        _check_mask_indices(self.train_masks, self.val_masks)
+        if self.regularised:
+            _check_regularised_names(self)
+
     @classmethod
     def published(cls, data: Path, **overrides: Any) -> MARExperimentConfig:
         """The published DICDNet/EQ-Reg protocol on a SynDeepLesion root."""
@@ -110,6 +122,54 @@ class MARExperimentConfig:
                   "test_images": 4, "seed": 0},
         )
         return replace(base, **overrides)
+
+
+def _check_mask_indices(train_masks: Sequence[int], val_masks: Sequence[int]) -> None:
+    """Mask indices must be >= 0, and validation masks must not be trained on.
+
+    The upper bound depends on the data (``trainmask.npy`` of the root); the data set checks it and
+    names the file.
+    """
+    negative = sorted({int(k) for k in (*train_masks, *val_masks) if int(k) < 0})
+    if negative:
+        raise ValueError(f"mask indices must be >= 0, got {negative} in train_masks/val_masks.")
+    shared = sorted({int(k) for k in train_masks} & {int(k) for k in val_masks})
+    if shared:
+        # validating on training masks scores the network on what it has fitted: inflated numbers
+        raise ValueError(
+            f"train_masks (--train-masks) and val_masks (--val-masks) share mask indices {_index_ranges(shared)}; "
+            "validation masks must not be trained on (published split: 0-79 train, 80-89 validation; "
+            "--val-masks none skips validation)."
+        )
+
+
+def _index_ranges(indices: Sequence[int]) -> str:
+    """Sorted indices in the recipe's range syntax, e.g. ``[80, 81, 82, 85]`` -> ``"80-82,85"``."""
+    parts: list[str] = []
+    start = prev = indices[0]
+    for k in (*indices[1:], None):
+        if k is not None and k == prev + 1:
+            prev = k
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if k is not None:
+            start = prev = k
+    return ",".join(parts)
+
+
+def _check_regularised_names(cfg: MARExperimentConfig) -> None:
+    """An unknown proximal-net name would silently select no layer; name the valid ones instead."""
+    from eqmar.networks import proximal_conv_names
+
+    if cfg.backbone == "unet":
+        raise ValueError(
+            f"regularised (--regularise) = {','.join(cfg.regularised or ())} names proximal nets, which only the "
+            "unrolled backbones have; the unet regularises every conv whose width fits the group."
+        )
+    try:
+        proximal_conv_names(build_network(cfg), which=cfg.regularised or ())
+    except ValueError as error:
+        raise ValueError(f"regularised (--regularise): {error}") from None
 
 
 def _device(name: str) -> torch.device:
@@ -272,14 +332,17 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
 
     Writes ``results.json``, ``results.md`` (the table), ``examples.png`` and ``equivariance.png``
     into ``cfg.output_dir``, and per-arm checkpoints, TensorBoard logs and ``model.pt`` below it.
-    In a distributed run every rank calls it: ``cfg.batch_size`` is the global batch, rank 0
-    synthesizes the demo set and writes the files, and every rank returns the same content.
+    Arms that an earlier run with the same settings wrote to ``results.json`` there, and that this run
+    does not retrain, stay in the results and the table (see :func:`~eqmar.engines.merge_earlier_arms`);
+    the figures show this run's arms only. In a distributed run every rank calls it:
+    ``cfg.batch_size`` is the global batch, rank 0 synthesizes the demo set and writes the files, and
+    every rank returns the same content.
 
     Returns:
         The content of ``results.json``.
     """
     from eqmar.losses import MARLoss
-    from eqmar.metrics import format_mar_table
+    from eqmar.metrics import MARScores, format_mar_table
 
     device = rank_device(_device(cfg.device))
     out = Path(cfg.output_dir)
@@ -325,9 +388,16 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         "metal-affected": evaluate_mar(loaders["test"], input_predictor("ma_CT")),
         "LI": evaluate_mar(loaders["test"], input_predictor("LI_CT")),
     }
-    table = format_mar_table({**baselines, **{arm: r.metrics["mar"] for arm, r in results.items()}})
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    summaries = {
+        arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
+        for arm, r in results.items()
+    }
+    arms = merge_earlier_arms(out, config, summaries, order=ARMS)
+    table = format_mar_table({**baselines, **{arm: MARScores.from_dict(s["metrics"]) for arm, s in arms.items()}})
+    table = note_earlier_arms(table, arms)
     payload = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "config": config,
         "data_root": str(root),
         "geometry_tag": tag,
         "device": str(device),
@@ -336,10 +406,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
             "processes": idist.get_world_size(),
         },
         "baselines": {name: s.as_dict() for name, s in baselines.items()},
-        "arms": {
-            arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
-            for arm, r in results.items()
-        },
+        "arms": arms,
         "table": table,
     }
     if is_main_process():
@@ -351,12 +418,16 @@ def _write_outputs(
     cfg: MARExperimentConfig, out: Path, root: Path, results: dict[str, Any], payload: dict[str, Any], test: Any,
     device: torch.device,
 ) -> None:
-    """``results.json``, ``results.md`` (both written atomically), ``equivariance.png`` and ``examples.png``."""
+    """``results.json``, ``results.md`` (both written atomically), then ``equivariance.png`` and ``examples.png``.
+
+    The numbers are written before the figures are drawn, so a plotting failure cannot lose them. The
+    figures show only the arms trained in this run (earlier arms have no network here).
+    """
     from eqmar.equivariance import plot_equivariance_report
 
+    write_results(out, payload, [payload["table"]])
     reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
     if reports:
         plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
     rows, captions = _example_rows(test, {arm: r.network for arm, r in results.items()}, device)
     plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
-    write_results(out, payload, [payload["table"]])

@@ -11,8 +11,9 @@ paired) train/test items, a degradation transform, loss and metric options — a
 3. :func:`~eqmar.engines.run_arms` over plain / aug / eqreg / strict with identical seeds;
 4. PSNR/SSIM (:mod:`eqmar.apps.restoration.metrics`, through a MONAI evaluator) of the degraded
    input and of every arm, per image and averaged;
-5. ``results.json``, ``results.md`` (the arm table and the equivariance table),
-   ``examples.png`` (input, each arm, ground truth) and ``equivariance.png`` in ``output_dir``.
+5. ``results.json``, ``results.md`` (the arm table and the equivariance table, with the arms an
+   earlier run with the same settings left there), then ``examples.png`` (input, each arm of this
+   run, ground truth) and ``equivariance.png`` in ``output_dir``.
 
 In a data-parallel run (``--nproc``/``torchrun``) every rank runs this alike and returns the same
 results; rank 0 alone writes the files.
@@ -405,12 +406,22 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     """Train every configured arm, score the degraded input and the arms, write results and figures.
 
     Writes ``results.json``, ``results.md``, ``examples.png`` and (with a probe) ``equivariance.png``
-    into ``cfg.output_dir``, and ``<arm>/model.pt``, checkpoints and TensorBoard logs below it.
+    into ``cfg.output_dir``, and ``<arm>/model.pt``, checkpoints and TensorBoard logs below it. The
+    results files are written before the figures are drawn. Arms that an earlier run with the same
+    settings wrote to ``results.json`` there, and that this run does not retrain, stay in the results
+    and tables (see :func:`~eqmar.engines.merge_earlier_arms`); the figures show this run's arms only.
 
     Returns:
         The content of ``results.json``; ``"table"`` and ``"equivariance_table"`` hold the Markdown.
     """
-    from eqmar.engines import arm_summary, format_arm_table, format_equivariance_table, write_results
+    from eqmar.engines import (
+        arm_summary,
+        format_arm_table,
+        format_equivariance_table,
+        merge_earlier_arms,
+        note_earlier_arms,
+        write_results,
+    )
     from eqmar.equivariance import convs_divisible_by, plot_equivariance_report
 
     started = time.perf_counter()
@@ -455,33 +466,26 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     )
     references = {"degraded input": _DegradedInput(cfg.image_channels), **cfg.baselines}
     baselines = {name: evaluate_restoration(module.to(device), test, **options) for name, module in references.items()}
-    labels = {arm: strict_label(cfg.strict_group or cfg.group) if arm == STRICT_ARM else arm for arm in results}
+    config = _config_summary(cfg)
+    order = (*ARMS, STRICT_ARM)  # every arm this runner knows (checked above), also those of earlier runs
+    labels = {arm: strict_label(cfg.strict_group or cfg.group) if arm == STRICT_ARM else arm for arm in order}
+    summaries = {arm: {**arm_summary(r), "label": labels[arm]} for arm, r in results.items()}
+    arms = merge_earlier_arms(out, config, summaries, order=order)
 
     names = _metric_names(cfg.y_channel)
-    rows = {**baselines, **{labels[arm]: {**r.metrics, "train (s)": r.train_seconds} for arm, r in results.items()}}
+    rows = {**baselines, **{labels[arm]: {**s["metrics"], "train (s)": s["train_seconds"]} for arm, s in arms.items()}}
     table = format_arm_table(rows, columns=[*names, "train (s)"], digits={"train (s)": 0})
-    equivariance_table = format_equivariance_table({labels[arm]: r for arm, r in results.items()})
-    reports = {labels[arm]: r.equivariance for arm, r in results.items() if r.equivariance is not None}
-    main_process = is_main_process()  # every rank evaluates alike; rank 0 alone writes files
-    if reports and main_process:
-        # Per-layer bars only compare like with like: the strict network's layers are other layers
-        # (its errors are in the table), so the figure shows the arms sharing the first arm's layers.
-        first = list(next(iter(reports.values())).layers)
-        same = {label: report for label, report in reports.items() if list(report.layers) == first}
-        plot_equivariance_report(same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.group})")
-    if main_process:
-        shown = {**dict(cfg.baselines), **{labels[arm]: r.network for arm, r in results.items()}}
-        _example_figure(cfg, test, shown, device)
-
+    table = note_earlier_arms(table, arms, labels)
+    equivariance_table = format_equivariance_table({labels[arm]: s["equivariance"] for arm, s in arms.items()})
     payload = {
         "task": cfg.task,
-        "config": _config_summary(cfg),
+        "config": config,
         "meta": cfg.meta,
         "device": str(device),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "test_images": {str(item.get("name", i)): list(item["label"].shape) for i, item in enumerate(test)},
         "baselines": baselines,
-        "arms": {arm: {**arm_summary(r), "label": labels[arm]} for arm, r in results.items()},
+        "arms": arms,
         "table": table,
         "equivariance_table": equivariance_table,
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -491,6 +495,16 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
         f"{cfg.batch_size} (+{cfg.batch_size} rotated for aug/eqreg), {cfg.patch_size}² patches, Adam {cfg.lr:g}; "
         f"EQ-Reg {cfg.group}, λ = {cfg.weight:g} ({cfg.reduction}); test: {', '.join(payload['test_images'])}"
     )
-    if main_process:
-        write_results(out, payload, [header, table, "Equivariance (held-out test crops)", equivariance_table])
+    if not is_main_process():  # every rank evaluates alike; rank 0 alone writes files
+        return payload
+    # The numbers go to disk before any figure is drawn: a plotting error must not lose a finished run.
+    write_results(out, payload, [header, table, "Equivariance (held-out test crops)", equivariance_table])
+    reports = {labels[arm]: r.equivariance for arm, r in results.items() if r.equivariance is not None}
+    if reports:
+        # Per-layer bars only compare like with like: the strict network's layers are other layers
+        # (its errors are in the table), so the figure shows the arms sharing the first arm's layers.
+        first = list(next(iter(reports.values())).layers)
+        same = {label: report for label, report in reports.items() if list(report.layers) == first}
+        plot_equivariance_report(same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.group})")
+    _example_figure(cfg, test, {**dict(cfg.baselines), **{labels[arm]: r.network for arm, r in results.items()}}, device)
     return payload
