@@ -216,6 +216,27 @@ def test_recipe_trains_every_arm_on_a_tiny_rain100l_folder(tmp_path, capsys) -> 
     assert (out / "eqreg" / "model.pt").exists()
 
 
+def test_one_arm_rerun_keeps_the_other_arms_although_the_derain_config_is_nested(tmp_path) -> None:
+    """``meta.derain`` repeats the run-only settings (arms, threads, ...); they must not block the merge."""
+    import json
+
+    from eqmar.apps.derain import write_rain_pairs
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "Rain100L"
+    for split, count in (("train", 2), ("test", 1)):
+        clean = [rng.uniform(0.1, 0.6, (3, 16, 16)).astype(np.float32) for _ in range(count)]
+        write_rain_pairs(root / split / "small", clean, seed=count, density=0.02)
+    out = tmp_path / "run"
+    common = ["--data", str(root), "--out", str(out), *TINY]
+    assert _recipe().main([*common, "--arm", "plain"]) == 0
+    assert _recipe().main([*common, "--arm", "strict", "--threads", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["arms"]) == ["plain", "strict"] and results["arms"]["plain"]["from_earlier_run"]
+    assert "| plain |" in results["table"] and "| strict (P4) |" in results["table"]
+    assert not list(out.glob("results.*Z*.json"))
+
+
 def test_recipe_rejects_bad_data_with_exit_code_2(tmp_path, capsys) -> None:
     recipe = _recipe()
     assert recipe.main(["--data", str(tmp_path / "missing"), "--no-progress"]) == 2

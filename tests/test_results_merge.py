@@ -62,13 +62,51 @@ def test_same_settings_keep_the_earlier_arms_in_arm_order(tmp_path, caplog) -> N
     assert note_earlier_arms("| table |", {"strict": _summary(30.0)}) == "| table |"
 
 
-def test_rerun_arms_replace_earlier_ones_and_unordered_arms_come_last(tmp_path) -> None:
-    _write_earlier(tmp_path, CONFIG, arms=("custom", "eqreg", "plain"))
+def test_rerun_arms_replace_earlier_ones(tmp_path) -> None:
+    _write_earlier(tmp_path, CONFIG, arms=("eqreg", "plain"))
     arms = merge_earlier_arms(tmp_path, CONFIG, {"eqreg": _summary(40.0), "aug": _summary(41.0)}, order=ORDER)
-    assert list(arms) == ["plain", "aug", "eqreg", "custom"]
+    assert list(arms) == ["plain", "aug", "eqreg"]
     assert arms["eqreg"]["metrics"]["PSNR"] == 40.0 and "from_earlier_run" not in arms["eqreg"]
-    assert arms["plain"]["from_earlier_run"] and arms["custom"]["from_earlier_run"]
+    assert arms["plain"]["from_earlier_run"]
     assert merge_earlier_arms(tmp_path / "new", CONFIG, {"aug": _summary(1.0)}, order=ORDER) == {"aug": _summary(1.0)}
+
+
+def test_the_earlier_machine_goes_with_each_kept_arm(tmp_path) -> None:
+    (tmp_path / "results.json").write_text(
+        json.dumps({"config": CONFIG, "machine": {"torch": "x"}, "arms": {"plain": _summary(20.0)}})
+    )
+    arms = merge_earlier_arms(tmp_path, CONFIG, {"aug": _summary(1.0)}, order=ORDER)
+    assert arms["plain"]["machine"] == {"torch": "x"} and "machine" not in arms["aug"]
+
+
+def test_run_only_settings_are_ignored_when_nested_and_ints_equal_floats(tmp_path, caplog) -> None:
+    """Tasks nest their own config (deraining: ``meta.derain``); its arms/threads/... do not matter either."""
+    nested = {**CONFIG, "lr": 1, "meta": {"derain": {"arms": ["plain"], "threads": 1, "progress": True, "epochs": 5}}}
+    _write_earlier(tmp_path, nested)
+    now = {**CONFIG, "lr": 1.0, "meta": {"derain": {"arms": ["strict"], "threads": 2, "progress": False, "epochs": 5}}}
+    with caplog.at_level(logging.WARNING, logger="eqmar.report"):
+        arms = merge_earlier_arms(tmp_path, now, {"strict": _summary(30.0)}, order=ORDER)
+    assert list(arms) == ["plain", "aug", "eqreg", "strict"] and not caplog.records
+    changed = {**now, "meta": {"derain": {**now["meta"]["derain"], "epochs": 6}}}
+    with caplog.at_level(logging.WARNING, logger="eqmar.report"):
+        assert list(merge_earlier_arms(tmp_path, changed, {"strict": _summary(30.0)}, order=ORDER)) == ["strict"]
+    assert "(meta.derain.epochs)" in caplog.records[-1].getMessage() and _aside(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("arms", "check", "reason"),
+    [
+        (("plain", "custom"), None, "does not know: custom"),
+        (("plain",), lambda s: s["metrics"]["SSIM"], "KeyError"),  # an arm entry of another format
+    ],
+)
+def test_arms_this_run_cannot_tabulate_set_the_earlier_file_aside(tmp_path, caplog, arms, check, reason) -> None:
+    text = _write_earlier(tmp_path, CONFIG, arms=arms)
+    with caplog.at_level(logging.WARNING, logger="eqmar.report"):
+        merged = merge_earlier_arms(tmp_path, CONFIG, {"aug": _summary(1.0)}, order=ORDER, check=check)
+    assert list(merged) == ["aug"]
+    [aside] = _aside(tmp_path)
+    assert aside.read_text() == text and reason in caplog.records[-1].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +131,7 @@ def test_an_unreadable_earlier_file_is_moved_aside_without_failing(tmp_path, cap
         with caplog.at_level(logging.WARNING, logger="eqmar.report"):
             assert list(merge_earlier_arms(tmp_path, CONFIG, {"aug": _summary(1.0)}, order=ORDER)) == ["aug"]
         assert len(_aside(tmp_path)) == expected and all(p.read_text() == content for p in _aside(tmp_path))
-    assert "cannot read" in caplog.records[0].getMessage()
+    assert "cannot read it" in caplog.records[0].getMessage()
 
 
 def test_only_rank_0_moves_files(tmp_path, monkeypatch) -> None:

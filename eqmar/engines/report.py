@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -120,29 +120,37 @@ def merge_earlier_arms(
     arms: Mapping[str, Mapping[str, Any]],
     order: Sequence[str] = (),
     ignore: Collection[str] = RUN_ONLY_SETTINGS,
+    check: Callable[[Mapping[str, Any]], Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """This run's arm summaries plus those of an earlier comparable run into the same directory.
 
     The earlier run is ``output_dir/results.json``. Its arms are kept when its ``"config"`` equals
-    ``config`` in every key but ``ignore``; arms trained again now replace their earlier entries.
-    When a setting differs, or the file cannot be read, nothing is kept: a warning names the
-    differing settings and the earlier file is renamed to ``results.<UTC timestamp>.json`` (by rank 0
-    only), so writing this run's results never destroys earlier numbers.
+    ``config`` in every key but ``ignore`` (at any depth); arms trained again now replace their
+    earlier entries. When a setting differs, the file names an arm outside ``order``, or it cannot be
+    read or ``check`` refuses one of its arms, nothing is kept: a warning says why and the earlier
+    file is renamed to ``results.<UTC timestamp>.json`` (by rank 0 only), so that this run's results
+    never overwrite the results of a run they cannot be merged with.
 
     Args:
         output_dir: the run's output directory.
         config: this run's ``"config"`` entry of ``results.json``.
         arms: this run's ``{arm: JSON summary}``.
-        order: the task's full arm order; the merged arms follow it, arms not in it come after.
-        ignore: top-level ``config`` keys that do not affect comparability.
+        order: the task's full arm order; the merged arms follow it. When given, an earlier arm
+            outside it makes the earlier file incomparable.
+        ignore: ``config`` keys that do not affect comparability, at the top level or nested.
+        check: called on every earlier arm summary (e.g. to build its table row); raising
+            ``KeyError``, ``TypeError`` or ``ValueError`` marks the earlier file unreadable.
 
     Returns:
         ``{arm: summary}``: this run's summaries and the kept earlier ones, each of the latter with
         ``"from_earlier_run": True``.
     """
-    earlier = _comparable_earlier_arms(Path(output_dir) / "results.json", config, ignore)
+    earlier, machine = _comparable_earlier_arms(Path(output_dir) / "results.json", config, ignore, order, check)
     merged: dict[str, dict[str, Any]] = {arm: dict(summary) for arm, summary in arms.items()}
-    merged.update({arm: {**summary, "from_earlier_run": True} for arm, summary in earlier.items() if arm not in arms})
+    # the machine goes with each kept arm: results are deterministic per processor, not across them
+    merged.update(
+        {arm: {"machine": machine, **summary, "from_earlier_run": True} for arm, summary in earlier.items() if arm not in arms}
+    )
     rank = {arm: index for index, arm in enumerate(order)}
     # sorted() is stable: arms outside ``order`` keep their place, this run's first, after the ordered ones
     return dict(sorted(merged.items(), key=lambda item: rank.get(item[0], len(rank))))
@@ -165,42 +173,71 @@ def note_earlier_arms(
     return f"{table}\n\n*From an earlier run into this directory with the same settings: {', '.join(names)}.*"
 
 
-def _comparable_earlier_arms(path: Path, config: Mapping[str, Any], ignore: Collection[str]) -> dict[str, Any]:
-    """The ``"arms"`` of the results file at ``path`` if its settings match ``config``; else move it aside."""
+def _comparable_earlier_arms(
+    path: Path,
+    config: Mapping[str, Any],
+    ignore: Collection[str],
+    order: Sequence[str],
+    check: Callable[[Mapping[str, Any]], Any] | None,
+) -> tuple[dict[str, Any], Any]:
+    """The ``"arms"`` and ``"machine"`` of the results file at ``path`` if they can be merged; else move it aside."""
     if not path.exists():
-        return {}
+        return {}, None
     try:
         earlier = json.loads(path.read_text())
-        if not isinstance(earlier.get("config"), Mapping) or not isinstance(earlier.get("arms"), Mapping):
-            raise ValueError("no 'config' or 'arms' entry")
-        if not all(isinstance(summary, Mapping) for summary in earlier["arms"].values()):
-            raise ValueError("an 'arms' entry is not an object")
-    except (OSError, ValueError, AttributeError) as error:  # AttributeError: valid JSON that is not an object
-        if is_main_process():
-            logger.warning("cannot read the earlier %s (%s); keeping it as %s", path, error, _move_aside(path))
-        return {}
+        arms = _readable_arms(earlier, check)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        # AttributeError: valid JSON that is not an object; Key/TypeError: an arm entry of another format
+        _set_aside(path, f"cannot read it ({type(error).__name__}: {error})")
+        return {}, None
+    unknown = [arm for arm in arms if order and arm not in order]
+    if unknown:
+        _set_aside(path, f"it holds arms this task does not know: {', '.join(map(str, unknown))}")
+        return {}, None
     differing = _differing_settings(earlier["config"], config, ignore)
     if differing:
-        if is_main_process():
-            logger.warning(
-                "the earlier %s was made with other settings (%s); its arms are not merged into this run's "
-                "results, and it is kept as %s", path, ", ".join(differing), _move_aside(path),
-            )
-        return {}
+        _set_aside(path, f"it was made with other settings ({', '.join(differing)})")
+        return {}, None
+    return arms, earlier.get("machine")
+
+
+def _readable_arms(earlier: Any, check: Callable[[Mapping[str, Any]], Any] | None) -> dict[str, Any]:
+    """``earlier["arms"]`` after checking that every entry is a summary this run can tabulate."""
+    if not isinstance(earlier.get("config"), Mapping) or not isinstance(earlier.get("arms"), Mapping):
+        raise ValueError("no 'config' or 'arms' entry")
+    for arm, summary in earlier["arms"].items():
+        if not isinstance(summary, Mapping) or not isinstance(summary.get("metrics"), Mapping):
+            raise ValueError(f"arm {arm!r} has no 'metrics' object")
+        if summary.get("equivariance") is not None:
+            EquivarianceReport.from_dict(summary["equivariance"])
+        if check is not None:
+            check(summary)
     return dict(earlier["arms"])
+
+
+def _set_aside(path: Path, reason: str) -> None:
+    """Rename the earlier results file (rank 0) and say why its arms are not merged."""
+    if is_main_process():
+        logger.warning(
+            "the earlier %s is not merged into this run's results: %s; it is kept as %s", path, reason, _move_aside(path)
+        )
 
 
 def _differing_settings(
     earlier: Mapping[str, Any], current: Mapping[str, Any], ignore: Collection[str] = (), prefix: str = ""
 ) -> list[str]:
-    """Names of the settings that differ, nested mappings as ``outer.inner``, compared in their JSON form."""
+    """Names of the settings that differ, nested mappings as ``outer.inner``, compared in their JSON form.
+
+    ``ignore`` applies at every depth: tasks nest their own config (e.g. ``meta.derain``), whose
+    run-only keys are as irrelevant as the top-level ones.
+    """
     differing = []
     for key in sorted(set(earlier) | set(current), key=str):
         if key in ignore:
             continue
         old, new = earlier.get(key), current.get(key)
         if isinstance(old, Mapping) and isinstance(new, Mapping):
-            differing += _differing_settings(old, new, prefix=f"{prefix}{key}.")
+            differing += _differing_settings(old, new, ignore, prefix=f"{prefix}{key}.")
         # JSON text, not ==: tuples are lists in the earlier file and NaN must equal NaN
         elif key not in earlier or key not in current or _json_text(old) != _json_text(new):
             differing.append(f"{prefix}{key}")
@@ -208,7 +245,20 @@ def _differing_settings(
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    return json.dumps(_ints_as_floats(value), sort_keys=True, default=_json_default)
+
+
+def _ints_as_floats(value: Any) -> Any:
+    """``1`` and ``1.0`` are the same setting (a weight given as an int by a caller, as a float by the CLI)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {k: _ints_as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_ints_as_floats(v) for v in value]
+    return value
 
 
 def _move_aside(path: Path) -> Path:

@@ -409,6 +409,12 @@ def proximal_net_names(net: nn.Module) -> list[str]:
 
     A kind is the last name component of a :class:`ProximalNet`; ``final_x_net`` is listed as the
     ``x_net`` it extends, since selecting ``x_net`` selects it too.
+
+    Args:
+        net: an unrolled MAR network (DICDNet, ACDNet, ...).
+
+    Returns:
+        The kinds, sorted.
     """
     found = {name.split(".")[-1] for name, module in net.named_modules() if isinstance(module, ProximalNet)}
     return sorted(k for k in found if not any(k.endswith("_" + other) for other in found if other != k))

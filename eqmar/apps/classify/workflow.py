@@ -277,11 +277,11 @@ def _write_outputs(
     """
     out = Path(cfg.output_dir)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS)
+    arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS, check=arm_row)
     digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
     table = format_arm_table({arm: arm_row(s) for arm, s in arms.items()}, digits=digits, first_header="arm")
     table = note_earlier_arms(table, arms)
-    equivariance = format_equivariance_table({arm: s["equivariance"] for arm, s in arms.items()})
+    equivariance = format_equivariance_table({arm: s.get("equivariance") for arm, s in arms.items()})
     payload = {
         "config": config,
         "data": {

@@ -393,15 +393,16 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     Raises:
         FileNotFoundError: missing file (with how to make one).
-        ValueError: a file that holds no state dict, or weights that do not fit ``network``.
+        ValueError: a folder or an empty file, a file that holds no state dict, or weights that do not
+            fit ``network`` (naming the missing, unexpected and reshaped keys).
     """
     from eqmar.apps.mar.model_file import (
-        MODEL_FORMAT, _check_model_path, checkpoint_network_weights, describe_weight_mismatch,
+        MODEL_FORMAT, check_model_path, checkpoint_network_weights, describe_weight_mismatch,
     )
 
     path = Path(path)
     if path.is_dir() or (path.is_file() and path.stat().st_size == 0):
-        _check_model_path(path)  # names a folder or an empty file, which torch reports obscurely
+        check_model_path(path)  # names a folder or an empty file, which torch reports obscurely
     if not path.is_file():
         raise FileNotFoundError(
             f"MAR model file not found: {path}. Train one with recipes/mar_deeplesion.py (see the bundle's "
@@ -413,8 +414,8 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {str(error).splitlines()[0]})") from error
     if isinstance(payload, Mapping) and payload.get("format") == MODEL_FORMAT:
         state = payload["state_dict"]
-    elif checkpoint_network_weights(payload) is not None:
-        state = checkpoint_network_weights(payload)
+    elif (trained := checkpoint_network_weights(payload)) is not None:
+        state = trained
     elif isinstance(payload, Mapping) and isinstance(payload.get("model"), Mapping):
         state = payload["model"]
     elif isinstance(payload, Mapping) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):

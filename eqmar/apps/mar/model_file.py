@@ -24,6 +24,7 @@ __all__ = [
     "build_from_spec",
     "save_mar_model",
     "load_mar_model",
+    "check_model_path",
     "checkpoint_network_weights",
     "describe_weight_mismatch",
 ]
@@ -75,7 +76,7 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
             description that cannot be built, or weights that do not match the network.
     """
     path = Path(path)
-    _check_model_path(path)
+    check_model_path(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
@@ -103,8 +104,16 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
     return network, {k: v for k, v in payload.items() if k != "state_dict"}
 
 
-def _check_model_path(path: Path) -> None:
-    """Name the usual wrong paths (missing, a folder, an empty file) before torch reports them obscurely."""
+def check_model_path(path: Path) -> None:
+    """Name the usual wrong paths (missing, a folder, an empty file) before torch reports them obscurely.
+
+    Args:
+        path: the path given as a model file.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``.
+        ValueError: ``path`` is a folder (naming the ``model.pt`` inside, if any) or an empty file.
+    """
     if path.is_dir():
         inside = path / "model.pt"
         hint = f"; the model file of a training arm is {inside}" if inside.is_file() else ""
@@ -121,6 +130,12 @@ def checkpoint_network_weights(payload: Any) -> Mapping[str, torch.Tensor] | Non
     Such checkpoints (written by MONAI's ``CheckpointSaver``) hold the state of every training
     object: the network's under :data:`~eqmar.engines.trainer.CHECKPOINT_NETWORK_KEY`, and
     ``"optimizer"``, ``"trainer"``, ... They do not say which network the weights belong to.
+
+    Args:
+        payload: what ``torch.load`` returned for the file.
+
+    Returns:
+        The network's state dict, or None when ``payload`` is not such a checkpoint.
     """
     from eqmar.engines.trainer import CHECKPOINT_NETWORK_KEY
 
@@ -153,6 +168,14 @@ def describe_weight_mismatch(network: nn.Module, state: Mapping[str, Any], limit
     """One line saying how ``state`` differs from ``network``'s state dict: missing, unexpected and reshaped keys.
 
     ``load_state_dict``'s own message lists every key over many lines; this names ``limit`` of each kind.
+
+    Args:
+        network: the network the weights were meant for.
+        state: the state dict read from the file.
+        limit: how many keys of each kind to name.
+
+    Returns:
+        e.g. ``"2 missing (a.weight, b.bias), 1 reshaped (c.weight (8,) in the file vs (16,))"``.
     """
     own = network.state_dict()
     missing = [k for k in own if k not in state]

@@ -166,8 +166,11 @@ def _check_regularised_names(cfg: MARExperimentConfig) -> None:
             f"regularised (--regularise) = {','.join(cfg.regularised or ())} names proximal nets, which only the "
             "unrolled backbones have; the unet regularises every conv whose width fits the group."
         )
+    # a config constructor must not move the global random state that seeds the arms' weights
+    with torch.random.fork_rng(devices=[]):
+        network = build_network(cfg)
     try:
-        proximal_conv_names(build_network(cfg), which=cfg.regularised or ())
+        proximal_conv_names(network, which=cfg.regularised or ())
     except ValueError as error:
         raise ValueError(f"regularised (--regularise): {error}") from None
 
@@ -393,7 +396,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
         for arm, r in results.items()
     }
-    arms = merge_earlier_arms(out, config, summaries, order=ARMS)
+    arms = merge_earlier_arms(out, config, summaries, order=ARMS, check=lambda s: MARScores.from_dict(s["metrics"]))
     table = format_mar_table({**baselines, **{arm: MARScores.from_dict(s["metrics"]) for arm, s in arms.items()}})
     table = note_earlier_arms(table, arms)
     payload = {
