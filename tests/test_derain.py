@@ -189,16 +189,22 @@ TINY = ["--stages", "2", "--features", "8", "--filters", "8", "--res-blocks", "1
         "--patch-size", "16", "--no-progress"]
 
 
+def _tiny_rain100l(tmp_path, train: int, test: int, shape: tuple[int, int, int], seed: int):
+    """A Rain100L-layout folder of random clean images with synthetic rain; returns its root."""
+    from eqmar.apps.derain import write_rain_pairs
+
+    rng = np.random.default_rng(seed)
+    root = tmp_path / "Rain100L"
+    for split, count in (("train", train), ("test", test)):
+        clean = [rng.uniform(0.1, 0.6, shape).astype(np.float32) for _ in range(count)]
+        write_rain_pairs(root / split / "small", clean, seed=count, density=0.02)
+    return root
+
+
 def test_recipe_trains_every_arm_on_a_tiny_rain100l_folder(tmp_path, capsys) -> None:
     import json
 
-    from eqmar.apps.derain import write_rain_pairs
-
-    rng = np.random.default_rng(1)
-    root = tmp_path / "Rain100L"
-    for split, count in (("train", 3), ("test", 2)):
-        clean = [rng.uniform(0.1, 0.6, (3, 20, 28)).astype(np.float32) for _ in range(count)]
-        write_rain_pairs(root / split / "small", clean, seed=count, density=0.02)
+    root = _tiny_rain100l(tmp_path, train=3, test=2, shape=(3, 20, 28), seed=1)
     out = tmp_path / "run"
     assert _recipe().main(["--data", str(root), "--out", str(out), *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
@@ -220,13 +226,7 @@ def test_one_arm_rerun_keeps_the_other_arms_although_the_derain_config_is_nested
     """``meta.derain`` repeats the run-only settings (arms, threads, ...); they must not block the merge."""
     import json
 
-    from eqmar.apps.derain import write_rain_pairs
-
-    rng = np.random.default_rng(2)
-    root = tmp_path / "Rain100L"
-    for split, count in (("train", 2), ("test", 1)):
-        clean = [rng.uniform(0.1, 0.6, (3, 16, 16)).astype(np.float32) for _ in range(count)]
-        write_rain_pairs(root / split / "small", clean, seed=count, density=0.02)
+    root = _tiny_rain100l(tmp_path, train=2, test=1, shape=(3, 16, 16), seed=2)
     out = tmp_path / "run"
     common = ["--data", str(root), "--out", str(out), *TINY]
     assert _recipe().main([*common, "--arm", "plain"]) == 0
