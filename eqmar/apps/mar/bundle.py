@@ -397,21 +397,16 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
             fit ``network`` (naming the missing, unexpected and reshaped keys).
     """
     from eqmar.apps.mar.model_file import (
-        MODEL_FORMAT, check_model_path, checkpoint_network_weights, describe_weight_mismatch,
+        MODEL_FORMAT, checkpoint_network_weights, describe_weight_mismatch, read_model_payload,
     )
 
     path = Path(path)
-    if path.is_dir() or (path.is_file() and path.stat().st_size == 0):
-        check_model_path(path)  # names a folder or an empty file, which torch reports obscurely
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(
             f"MAR model file not found: {path}. Train one with recipes/mar_deeplesion.py (see the bundle's "
             "docs/README.md) or the bundle's configs/train.yaml."
         )
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {str(error).splitlines()[0]})") from error
+    payload = read_model_payload(path)
     if isinstance(payload, Mapping) and payload.get("format") == MODEL_FORMAT:
         state = payload["state_dict"]
     elif (trained := checkpoint_network_weights(payload)) is not None:

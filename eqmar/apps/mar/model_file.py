@@ -24,6 +24,7 @@ __all__ = [
     "build_from_spec",
     "save_mar_model",
     "load_mar_model",
+    "read_model_payload",
     "check_model_path",
     "checkpoint_network_weights",
     "describe_weight_mismatch",
@@ -76,12 +77,7 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
             description that cannot be built, or weights that do not match the network.
     """
     path = Path(path)
-    check_model_path(path)
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or foreign files
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {first_line})") from error
+    payload = read_model_payload(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         if checkpoint_network_weights(payload) is not None:
             raise ValueError(_training_checkpoint_message(path))
@@ -102,6 +98,25 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
         ) from error
     network.eval()
     return network, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def read_model_payload(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` of a model or checkpoint file (tensors only), with one-line errors naming the file.
+
+    Args:
+        path: the file.
+        map_location: where tensors are loaded.
+
+    Raises:
+        FileNotFoundError: nothing exists at ``path``.
+        ValueError: a folder, an empty file, or a file torch cannot read.
+    """
+    check_model_path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or foreign files
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        raise ValueError(f"{path}: not a readable model file ({type(error).__name__}: {first_line})") from error
 
 
 def check_model_path(path: Path) -> None:

@@ -471,11 +471,13 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     labels = {arm: strict_label(cfg.strict_group or cfg.group) if arm == STRICT_ARM else arm for arm in order}
     summaries = {arm: {**arm_summary(r), "label": labels[arm]} for arm, r in results.items()}
     names = _metric_names(cfg.y_channel)
-    arms = merge_earlier_arms(
-        out, config, summaries, order=order, check=lambda s: [float(s["train_seconds"]), *(s["metrics"][n] for n in names)]
-    )
 
-    rows = {**baselines, **{labels[arm]: {**s["metrics"], "train (s)": s["train_seconds"]} for arm, s in arms.items()}}
+    def row(summary: Mapping[str, Any]) -> dict[str, float]:
+        return {**{n: float(summary["metrics"][n]) for n in names}, "train (s)": float(summary["train_seconds"])}
+
+    # ``row`` also checks an earlier run's arms: one this run cannot tabulate sets that file aside
+    arms = merge_earlier_arms(out, config, summaries, order=order, check=row)
+    rows = {**baselines, **{labels[arm]: row(s) for arm, s in arms.items()}}
     table = format_arm_table(rows, columns=[*names, "train (s)"], digits={"train (s)": 0})
     table = note_earlier_arms(table, arms, labels)
     equivariance_table = format_equivariance_table({labels[arm]: s.get("equivariance") for arm, s in arms.items()})
