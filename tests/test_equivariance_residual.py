@@ -169,3 +169,103 @@ def test_fused_path_mean_reduction_and_bad_reduction() -> None:
         )
     with pytest.raises(ValueError, match="reduction"):
         paired_residual(features, 2, 1, "C4", reduction="sum")
+
+
+# ------------------------------------------------------------------ fused CPU kernels (numba)
+_FUSED_CASES = [("C4", n, (6, 8, 9, 9)) for n in range(4)] + [("C2", n, (4, 6, 7, 11)) for n in range(2)]
+
+
+@pytest.mark.parametrize(("group", "n", "shape"), _FUSED_CASES)
+def test_fused_cpu_kernels_are_bit_identical_to_torch_ops(group: str, n: int, shape: tuple[int, ...]) -> None:
+    """Residual and gradients (with and without the network's gradient) equal the PyTorch path bit for bit,
+    so a run gives the same weights whichever path computed its term."""
+    from eqmar.equivariance import fused_cpu
+    from eqmar.equivariance.functional import tapped_residual
+
+    pytest.importorskip("numba")
+    torch.manual_seed(3)
+    features = torch.randn(*shape, requires_grad=True)
+    grad_features = torch.randn(*shape)
+    results = {}
+    for enabled in (True, False):
+        with fused_cpu.fused_cpu_kernels(enabled):
+            passed_on, residual = tapped_residual(features, shape[0] // 2, n, group)
+            (both,) = torch.autograd.grad([passed_on, residual], features, [grad_features, torch.tensor(1.3)])
+            _, residual_only = tapped_residual(features, shape[0] // 2, n, group)
+            (alone,) = torch.autograd.grad(residual_only, features, torch.tensor(0.7))
+        results[enabled] = (residual, both, alone)
+    for fused, reference in zip(results[True], results[False]):
+        assert torch.equal(fused, reference)
+    if group == "C4":
+        half = shape[0] // 2
+        assert torch.allclose(results[True][0], _published_residual(features[:half], features[half:], n))
+
+
+def test_fused_cpu_kernels_run_only_where_they_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Contiguous float32 CPU features of C2/C4 take the kernels; other layouts, dtypes and groups do not,
+    and results agree either way."""
+    from eqmar.equivariance import fused_cpu, get_group
+    from eqmar.equivariance.functional import paired_residual
+
+    pytest.importorskip("numba")
+    calls = []
+    original = fused_cpu.rotated_difference
+    monkeypatch.setattr(fused_cpu, "rotated_difference", lambda *a: calls.append(1) or original(*a))
+    features = torch.randn(4, 8, 6, 6)
+    assert fused_cpu.applies(features, get_group("C4")) and fused_cpu.applies(features, get_group("C2"))
+    paired_residual(features, 2, 1)
+    assert calls == [1]
+    channels_last = features.to(memory_format=torch.channels_last)
+    for skipped, group in [(features.double(), "C4"), (channels_last, "C4"), (features, "D4"), (features, "C8")]:
+        assert not fused_cpu.applies(skipped, get_group(group))
+        paired_residual(skipped, 2, 1, group)
+    assert calls == [1]
+    # the norm sums in memory order, so another layout may differ in the last bit
+    assert torch.allclose(paired_residual(channels_last, 2, 1), paired_residual(features, 2, 1), rtol=1e-6)
+    with fused_cpu.fused_cpu_kernels(False):
+        assert not fused_cpu.fused_cpu_available() and not fused_cpu.applies(features, get_group("C4"))
+    assert fused_cpu.fused_cpu_available()
+
+
+def test_fused_cpu_falls_back_to_torch_ops_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eqmar.equivariance import fused_cpu, get_group
+    from eqmar.equivariance.functional import paired_residual
+
+    monkeypatch.setattr(fused_cpu, "_kernels", lambda: None)
+    features = torch.randn(4, 8, 6, 6, requires_grad=True)
+    assert not fused_cpu.applies(features, get_group("C4"))
+    residual = paired_residual(features, 2, 3)
+    assert torch.allclose(residual, _published_residual(features[:2], features[2:], 3))
+
+
+def test_fused_cpu_kernels_keep_torchs_thread_count() -> None:
+    """Starting numba's thread pool (first launch in a process) must not undo ``torch.set_num_threads``."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from eqmar.equivariance.functional import paired_residual\n"
+        "paired_residual(torch.randn(4, 8, 6, 6), 2, 1)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert completed.stdout.strip() == "1"
+
+
+def test_fused_cpu_kernels_that_fail_to_compile_warn_and_fall_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eqmar.equivariance import fused_cpu, get_group
+
+    pytest.importorskip("numba")
+
+    def broken(kernels: object) -> None:
+        raise RuntimeError("no LLVM target for this CPU")
+
+    monkeypatch.setattr(fused_cpu, "_compile", broken)
+    fused_cpu._kernels.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no LLVM target for this CPU"):
+            assert not fused_cpu.applies(torch.randn(4, 8, 6, 6), get_group("C4"))
+    finally:
+        fused_cpu._kernels.cache_clear()
