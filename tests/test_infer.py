@@ -93,8 +93,12 @@ def test_model_geometry_from_meta():
     assert (reduced.image_size, reduced.num_views) == (128, 160)
     sized = model_geometry({"geometry_tag": "640geo", "image_size": 64})
     assert (sized.image_size, sized.num_views) == (64, 640)
-    full = model_geometry({})
+    with pytest.warns(UserWarning, match="no geometry_tag; assuming the published 640geo"):
+        full = model_geometry({})
     assert (full.image_size, full.num_views) == (DEFAULT_IMAGE_SIZE, 640)
+    for typo in ("604geo", "604geo_128px160v"):
+        with pytest.raises(ValueError, match=f"unknown geometry_tag '{typo}'.*640geo"):
+            model_geometry({"geometry_tag": typo})
     assert full.field_of_view_radius_cm == pytest.approx(reduced.field_of_view_radius_cm)
 
 
@@ -455,6 +459,11 @@ def test_cli_names_a_training_checkpoint_and_other_wrong_model_files(metal_slice
     assert "odd.pt: model spec does not fit the dicdnet network" in error_of(odd_spec)
     torch.save({"format": "eqmar-mar-model/1", "network": "dicdnet", "state_dict": {}}, tmp_path / "flat.pt")
     assert "flat.pt: model spec must be" in error_of(tmp_path / "flat.pt")
+    typo = save_mar_model(tmp_path / "typo.pt", DICDNet(**TINY), network_spec("dicdnet", **TINY), {"geometry_tag": "604geo"})
+    assert "typo.pt: unknown geometry_tag '604geo'" in error_of(typo)
+    torch.save(DICDNet(**TINY).state_dict(), tmp_path / "bare.pt")  # torch.save(net.state_dict()) by hand
+    assert "bare.pt: bare weights (" in error_of(tmp_path / "bare.pt")
+    assert "network_spec(backbone, **kwargs)" in error_of(tmp_path / "bare.pt")
 
 
 def test_cli_bad_device_and_unsupported_input(model_path, metal_slice, tmp_path, capsys):

@@ -234,3 +234,18 @@ def test_mar_merges_arms_and_writes_results_before_its_figures(tmp_path, monkeyp
     for row in ("| LI |", "| plain |", "| eqreg |"):
         assert row in written["table"]
     assert written["table"] in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_an_earlier_file_that_cannot_be_renamed_is_reported_not_fatal(tmp_path, caplog, monkeypatch) -> None:
+    _write_earlier(tmp_path, CONFIG)
+
+    def refuse(self, target):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "rename", refuse)
+    with caplog.at_level(logging.WARNING, logger="eqmar.report"):
+        arms = merge_earlier_arms(tmp_path, {**CONFIG, "epochs": 9}, {"aug": _summary(1.0)}, order=ORDER)
+    assert list(arms) == ["aug"]
+    [record] = caplog.records
+    assert "(epochs)" in record.getMessage() and "could not be renamed (PermissionError" in record.getMessage()
+    assert "will be overwritten" in record.getMessage()

@@ -217,10 +217,13 @@ def _readable_arms(earlier: Any, check: Callable[[Mapping[str, Any]], Any] | Non
 
 def _set_aside(path: Path, reason: str) -> None:
     """Rename the earlier results file (rank 0) and say why its arms are not merged."""
-    if is_main_process():
-        logger.warning(
-            "the earlier %s is not merged into this run's results: %s; it is kept as %s", path, reason, _move_aside(path)
-        )
+    if not is_main_process():
+        return
+    try:
+        kept = f"it is kept as {_move_aside(path)}"
+    except OSError as error:  # this run's results come after training: they must still be written
+        kept = f"it could not be renamed ({type(error).__name__}: {error}) and will be overwritten"
+    logger.warning("the earlier %s is not merged into this run's results: %s; %s", path, reason, kept)
 
 
 def _differing_settings(

@@ -93,17 +93,30 @@ def model_geometry(meta: dict[str, Any] | None) -> Any:
             ``"640geo"`` or a reduced tag ``"640geo_128px160v"``) and ``"image_size"``.
 
     Returns:
-        A :class:`~eqmar.ct.geometry.FanBeamGeometry`. Unknown tags fall back to ``"640geo"``;
-        the size is meta ``image_size`` > the tag's size > :data:`DEFAULT_IMAGE_SIZE`; views are
-        the tag's, else the preset's.
+        A :class:`~eqmar.ct.geometry.FanBeamGeometry`. Without a tag the published ``"640geo"`` is
+        assumed, with a warning; the size is meta ``image_size`` > the tag's size >
+        :data:`DEFAULT_IMAGE_SIZE`; views are the tag's, else the preset's.
+
+    Raises:
+        ValueError: a tag whose preset is not one of :data:`~eqmar.ct.geometry.GEOMETRY_PRESETS`
+            (guessing would simulate the inputs on another scanner geometry than training saw).
     """
     from eqmar.ct.geometry import GEOMETRY_PRESETS, FanBeamGeometry
 
     meta = meta or {}
+    if not meta.get("geometry_tag"):
+        warnings.warn(
+            "the model file's meta names no geometry_tag; assuming the published 640geo geometry", stacklevel=2
+        )
     tag = str(meta.get("geometry_tag") or "640geo")
     match = _REDUCED_TAG.match(tag)
     preset = match.group("preset") if match else tag
-    base = FanBeamGeometry.preset(preset if preset.lower() in GEOMETRY_PRESETS else "640geo")
+    if preset.lower() not in GEOMETRY_PRESETS:
+        raise ValueError(
+            f"unknown geometry_tag {tag!r} in the model file's meta; expected a preset of {sorted(GEOMETRY_PRESETS)}, "
+            "optionally reduced as '<preset>_<size>px<views>v'"
+        )
+    base = FanBeamGeometry.preset(preset)
     size = meta.get("image_size") or (int(match.group("size")) if match else DEFAULT_IMAGE_SIZE)
     views = int(match.group("views")) if match else None
     if int(size) == base.image_size and views in (None, base.num_views):
@@ -244,7 +257,10 @@ class MARInference:
         self.payload = payload
         self.meta: dict[str, Any] = dict(payload.get("meta") or {})
         self.network = (network if network is not None else loaded).to(self.device).eval()
-        self.geometry = model_geometry(self.meta)
+        try:
+            self.geometry = model_geometry(self.meta)
+        except ValueError as error:
+            raise ValueError(f"{self.model_path}: {error}") from error
         self.metal_threshold_hu = float(metal_threshold_hu)
         self.preserve_detail = bool(preserve_detail)
         if trace_model not in TRACE_MODELS:

@@ -81,6 +81,12 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         if checkpoint_network_weights(payload) is not None:
             raise ValueError(_training_checkpoint_message(path))
+        if _is_bare_state_dict(payload):
+            raise ValueError(
+                f"{path}: bare weights ({len(payload)} tensors) without the network description, so the network "
+                f"cannot be rebuilt; use the model file <arm>/model.pt that training writes, or write one with "
+                f"eqmar.apps.mar.model_file.save_mar_model(path, network, network_spec(backbone, **kwargs))."
+            )
         raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).")
     try:
         network = build_from_spec(payload.get("network"))
@@ -160,6 +166,13 @@ def checkpoint_network_weights(payload: Any) -> Mapping[str, torch.Tensor] | Non
     if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
     return None
+
+
+def _is_bare_state_dict(payload: Any) -> bool:
+    """Whether ``payload`` is a plain ``state_dict()`` (names to tensors), as ``torch.save(net.state_dict())`` writes."""
+    return isinstance(payload, Mapping) and bool(payload) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
+    )
 
 
 def _training_checkpoint_message(path: Path) -> str:
