@@ -187,9 +187,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--decompose", action="store_true", help="also time the hooks without the residual arithmetic")
     parser.add_argument(
-        "--compare-torch-ops", action="store_true", help="also time EQ-Reg with PyTorch operations instead of fused kernels"
+        "--compare-torch-ops",
+        action="store_true",
+        help="also time EQ-Reg with PyTorch operations instead of the fused CPU kernels (CPU only)",
     )
     args = parser.parse_args()
+    if args.compare_torch_ops and torch.device(args.device).type != "cpu":
+        parser.error("--compare-torch-ops compares the fused CPU kernels with PyTorch operations; on "
+                     f"{args.device} both arms would use PyTorch operations")
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = training_setup(args.backbone, args.size, args.stages, args.device)

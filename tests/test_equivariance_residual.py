@@ -193,7 +193,10 @@ def test_fused_cpu_kernels_are_bit_identical_to_torch_ops(group: str, n: int, sh
             (both,) = torch.autograd.grad([passed_on, residual], features, [grad_features, torch.tensor(1.3)])
             _, residual_only = tapped_residual(features, shape[0] // 2, n, group)
             (alone,) = torch.autograd.grad(residual_only, features, torch.tensor(0.7))
-        results[enabled] = (residual, both, alone)
+            summed, residual_again = tapped_residual(features, shape[0] // 2, n, group)
+            # the gradient of a sum reaches the kernel as an expanded (stride-0) tensor
+            (expanded,) = torch.autograd.grad(summed.sum() + 2.0 * residual_again, features)
+        results[enabled] = (residual, both, alone, expanded)
     for fused, reference in zip(results[True], results[False]):
         assert torch.equal(fused, reference)
     if group == "C4":
@@ -216,10 +219,16 @@ def test_fused_cpu_kernels_run_only_where_they_apply(monkeypatch: pytest.MonkeyP
     paired_residual(features, 2, 1)
     assert calls == [1]
     channels_last = features.to(memory_format=torch.channels_last)
-    for skipped, group in [(features.double(), "C4"), (channels_last, "C4"), (features, "D4"), (features, "C8")]:
+    skipped_cases = [(features.double(), "C4"), (features.half(), "C4"), (features.bfloat16(), "C4"),
+                     (channels_last, "C4"), (features, "D4"), (features, "C8")]
+    for skipped, group in skipped_cases:
         assert not fused_cpu.applies(skipped, get_group(group))
         paired_residual(skipped, 2, 1, group)
     assert calls == [1]
+    # the kernels do not check bounds: shapes they cannot take are refused before them
+    for shape, group in [((4, 8, 6, 5), "C4"), ((4, 6, 6, 6), "C4"), ((4, 3, 6, 6), "C2"), ((4, 8, 36), "C4")]:
+        assert not fused_cpu.applies(torch.randn(*shape), get_group(group))
+    assert fused_cpu.applies(torch.randn(4, 6, 6, 5), get_group("C2"))
     # the norm sums in memory order, so another layout may differ in the last bit
     assert torch.allclose(paired_residual(channels_last, 2, 1), paired_residual(features, 2, 1), rtol=1e-6)
     with fused_cpu.fused_cpu_kernels(False):
@@ -227,15 +236,27 @@ def test_fused_cpu_kernels_run_only_where_they_apply(monkeypatch: pytest.MonkeyP
     assert fused_cpu.fused_cpu_available()
 
 
-def test_fused_cpu_falls_back_to_torch_ops_without_numba(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eqmar.equivariance import fused_cpu, get_group
-    from eqmar.equivariance.functional import paired_residual
+def test_fused_cpu_falls_back_to_torch_ops_without_numba() -> None:
+    """Without numba (the optional ``fast`` extra) the term comes from PyTorch operations, silently."""
+    import subprocess
+    import sys
 
-    monkeypatch.setattr(fused_cpu, "_kernels", lambda: None)
-    features = torch.randn(4, 8, 6, 6, requires_grad=True)
-    assert not fused_cpu.applies(features, get_group("C4"))
-    residual = paired_residual(features, 2, 3)
-    assert torch.allclose(residual, _published_residual(features[:2], features[2:], 3))
+    code = (
+        "import sys, warnings; sys.modules['numba'] = None\n"  # as if not installed: import raises ImportError
+        "warnings.simplefilter('error')\n"
+        "import torch\n"
+        "from eqmar.equivariance import fused_cpu, get_group\n"
+        "from eqmar.equivariance.functional import paired_residual\n"
+        "features = torch.randn(4, 8, 6, 6, requires_grad=True)\n"
+        "assert not fused_cpu.applies(features, get_group('C4'))\n"
+        "residual = paired_residual(features, 2, 3)\n"
+        "residual.backward()\n"
+        "print(float(residual.detach()), float(features.grad.norm()))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    value, grad_norm = map(float, completed.stdout.split())
+    assert value > 0 and grad_norm == pytest.approx(math.sqrt(2.0), rel=1e-5)  # |d/||d||| on each half
 
 
 def test_fused_cpu_kernels_keep_torchs_thread_count() -> None:
@@ -269,3 +290,24 @@ def test_fused_cpu_kernels_that_fail_to_compile_warn_and_fall_back(monkeypatch: 
             assert not fused_cpu.applies(torch.randn(4, 8, 6, 6), get_group("C4"))
     finally:
         fused_cpu._kernels.cache_clear()
+
+
+def test_an_installed_numba_that_does_not_import_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from eqmar.equivariance import fused_cpu, get_group
+
+    pytest.importorskip("numba")
+    # what numba does when it refuses the NumPy it finds: an ImportError although it is installed
+    import eqmar.equivariance
+
+    monkeypatch.delattr(eqmar.equivariance, "_numba_kernels", raising=False)
+    monkeypatch.setitem(sys.modules, "eqmar.equivariance._numba_kernels", None)
+    fused_cpu._kernels.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="numba does not import"):
+            assert not fused_cpu.applies(torch.randn(4, 8, 6, 6), get_group("C4"))
+    finally:
+        monkeypatch.undo()
+        fused_cpu._kernels.cache_clear()
+    assert fused_cpu.applies(torch.randn(4, 8, 6, 6), get_group("C4"))

@@ -99,6 +99,8 @@ def test_model_geometry_from_meta():
     for typo in ("604geo", "604geo_128px160v"):
         with pytest.raises(ValueError, match=f"unknown geometry_tag '{typo}'.*640geo"):
             model_geometry({"geometry_tag": typo})
+    with pytest.warns(UserWarning, match=r"^m\.pt: the model file's meta names no geometry_tag"):
+        model_geometry({"image_size": 64}, source="m.pt")
     assert full.field_of_view_radius_cm == pytest.approx(reduced.field_of_view_radius_cm)
 
 

@@ -248,4 +248,4 @@ def test_an_earlier_file_that_cannot_be_renamed_is_reported_not_fatal(tmp_path, 
     assert list(arms) == ["aug"]
     [record] = caplog.records
     assert "(epochs)" in record.getMessage() and "could not be renamed (PermissionError" in record.getMessage()
-    assert "will be overwritten" in record.getMessage()
+    assert "may be overwritten" in record.getMessage()

@@ -14,7 +14,9 @@
 #                 travels with a device call;
 #   conformance/  the SynDeepLesion conformance subset the default tests use (gt.h5, testmask.npy,
 #                 masks 3 and 7), since ../shared does not travel.
-# Everything together stays under about 50 MB; the script prints the size.
+# Everything together stays under about 50 MB; the script prints the size. numba (the fused CPU kernels
+# of the EQ-Reg term) is left out: its wheels (about 45 MB) would not fit, eqmar then computes the term
+# with PyTorch operations, and the GPU checks time CUDA, where those kernels do not apply anyway.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -222,7 +222,7 @@ def _set_aside(path: Path, reason: str) -> None:
     try:
         kept = f"it is kept as {_move_aside(path)}"
     except OSError as error:  # this run's results come after training: they must still be written
-        kept = f"it could not be renamed ({type(error).__name__}: {error}) and will be overwritten"
+        kept = f"it could not be renamed ({type(error).__name__}: {error}) and may be overwritten"
     logger.warning("the earlier %s is not merged into this run's results: %s; %s", path, reason, kept)
 
 

@@ -23,6 +23,7 @@ __all__ = ["rotated_difference_planes", "residual_gradient_planes"]
 def rotated_difference_planes(
     z0: np.ndarray, z1: np.ndarray, memory: np.ndarray, q: int, n: int, order: int
 ) -> None:  # pragma: no cover - compiled
+    """``memory = rot_q(z0) - shift_n(z1)``, written in ``torch.rot90``'s layout (see the module docstring)."""
     batch, channels, height, width = z0.shape
     for plane in prange(batch * channels):
         b, c = plane // channels, plane % channels

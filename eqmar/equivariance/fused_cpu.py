@@ -6,8 +6,9 @@ kernels here do the forward difference in one pass and the backward gradient of 
 pass over the features. Their results are bit-identical to the PyTorch path, so trained weights do not
 depend on which one ran.
 
-They are used for contiguous float32 CPU tensors when numba is installed; everything else (CUDA, half
-precision, channels-last, C8, D4) takes the PyTorch path. :func:`use_fused_cpu` switches them off,
+They are used for contiguous float32 CPU tensors when numba is installed (``pip install eqmar[fast]``;
+``recipes/bootstrap.py`` installs it); everything else (CUDA, half precision, channels-last, C8, D4)
+takes the PyTorch path. :func:`use_fused_cpu` switches them off,
 e.g. to compare the two.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -39,7 +41,10 @@ def _kernels() -> ModuleType | None:
         from eqmar.equivariance import _numba_kernels
 
         _compile(_numba_kernels)
-    except ImportError:
+    except ImportError as error:
+        if importlib.util.find_spec("numba") is not None:  # installed, but e.g. too old for this NumPy
+            warnings.warn(f"EQ-Reg's fused CPU kernels are unavailable: numba does not import ({error}); "
+                          "using PyTorch operations.", stacklevel=2)
         return None
     except Exception as error:  # a numba that imports but cannot compile must not stop training
         warnings.warn(f"EQ-Reg's fused CPU kernels are unavailable ({error}); using PyTorch operations.", stacklevel=2)
@@ -78,21 +83,37 @@ def fused_cpu_kernels(enabled: bool) -> Iterator[None]:
 
 
 def applies(features: torch.Tensor, grp: RotationGroup) -> bool:
-    """Whether :func:`rotated_difference` handles ``features`` of group ``grp``."""
+    """Whether :func:`rotated_difference` handles ``features`` of group ``grp``.
+
+    The kernels index without bounds checks, so every shape condition is checked here: a 4-D
+    contiguous float32 CPU tensor, channels divisible by the group order, maps the group can act on.
+    """
     return (
         isinstance(grp, _CyclicRot90)
         and features.device.type == "cpu"
         and features.dtype == torch.float32
+        and features.ndim == 4
+        and features.shape[1] % grp.order == 0
+        and grp.acts_on(*features.shape[-2:])
         and features.is_contiguous()
         and fused_cpu_available()
     )
 
 
 def _quarter_turns(n: int, grp: RotationGroup) -> int:
+    """Quarter turns of element ``n`` (C2's element 1 is two)."""
     return (n * grp.quarter_turns) % 4  # type: ignore[attr-defined]
 
 
+def _loaded_kernels() -> ModuleType:
+    kernels = _kernels()
+    if kernels is None:
+        raise RuntimeError("EQ-Reg's fused CPU kernels are unavailable here; check fused_cpu.applies() first.")
+    return kernels
+
+
 def _launch(kernel: Callable[..., None], *args: object) -> None:
+    """Run a kernel on as many threads as torch uses, one launch at a time, leaving torch's setting as it was."""
     with _launch_lock:
         import numba
 
@@ -112,11 +133,14 @@ def rotated_difference(features: torch.Tensor, half: int, n: int, grp: RotationG
         half: size of each half.
         n: group element.
         grp: C2 or C4.
+
+    Returns:
+        The difference, shape of a half; its storage is contiguous in ``torch.rot90``'s layout.
     """
     q = _quarter_turns(n, grp)
     z = features.detach()
     memory = torch.empty_like(z[:half], memory_format=torch.contiguous_format)
-    _launch(_kernels().rotated_difference_planes, z[:half].numpy(), z[half:].numpy(), memory.numpy(), q, n, grp.order)
+    _launch(_loaded_kernels().rotated_difference_planes, z[:half].numpy(), z[half:].numpy(), memory.numpy(), q, n, grp.order)
     return memory.transpose(2, 3) if q % 2 else memory
 
 
@@ -131,6 +155,9 @@ def residual_gradient(
         factor: 0-d float32 tensor, the residual's gradient divided by the residual.
         n: group element.
         grp: C2 or C4.
+
+    Returns:
+        The gradient of the whole paired batch, a new contiguous tensor.
     """
     q = _quarter_turns(n, grp)
     memory = diff.transpose(2, 3) if q % 2 else diff
@@ -138,7 +165,7 @@ def residual_gradient(
     grad = torch.empty((2 * half, *memory.shape[1:]), dtype=memory.dtype)
     given = grad if grad_features is None else grad_features.contiguous()
     _launch(
-        _kernels().residual_gradient_planes,
+        _loaded_kernels().residual_gradient_planes,
         memory.numpy(), given[:half].numpy(), given[half:].numpy(), grad[:half].numpy(), grad[half:].numpy(),
         np.float32(factor.item()), q, n, grp.order, grad_features is not None,
     )

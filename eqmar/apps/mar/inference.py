@@ -85,12 +85,13 @@ def threshold_metal_mask(hu: np.ndarray, threshold_hu: float = DEFAULT_METAL_THR
     return np.asarray(hu) > threshold_hu
 
 
-def model_geometry(meta: dict[str, Any] | None) -> Any:
+def model_geometry(meta: dict[str, Any] | None, source: str | Path | None = None) -> Any:
     """Fan-beam geometry a model was trained with, from its model-file meta.
 
     Args:
         meta: payload ``"meta"`` of a model file; uses ``"geometry_tag"`` (a preset name such as
             ``"640geo"`` or a reduced tag ``"640geo_128px160v"``) and ``"image_size"``.
+        source: the model file, named in the warning and the error.
 
     Returns:
         A :class:`~eqmar.ct.geometry.FanBeamGeometry`. Without a tag the published ``"640geo"`` is
@@ -104,16 +105,17 @@ def model_geometry(meta: dict[str, Any] | None) -> Any:
     from eqmar.ct.geometry import GEOMETRY_PRESETS, FanBeamGeometry
 
     meta = meta or {}
+    where = f"{source}: " if source is not None else ""
     if not meta.get("geometry_tag"):
         warnings.warn(
-            "the model file's meta names no geometry_tag; assuming the published 640geo geometry", stacklevel=2
+            f"{where}the model file's meta names no geometry_tag; assuming the published 640geo geometry", stacklevel=2
         )
     tag = str(meta.get("geometry_tag") or "640geo")
     match = _REDUCED_TAG.match(tag)
     preset = match.group("preset") if match else tag
     if preset.lower() not in GEOMETRY_PRESETS:
         raise ValueError(
-            f"unknown geometry_tag {tag!r} in the model file's meta; expected a preset of {sorted(GEOMETRY_PRESETS)}, "
+            f"{where}unknown geometry_tag {tag!r} in the model file's meta; expected a preset of {sorted(GEOMETRY_PRESETS)}, "
             "optionally reduced as '<preset>_<size>px<views>v'"
         )
     base = FanBeamGeometry.preset(preset)
@@ -257,10 +259,7 @@ class MARInference:
         self.payload = payload
         self.meta: dict[str, Any] = dict(payload.get("meta") or {})
         self.network = (network if network is not None else loaded).to(self.device).eval()
-        try:
-            self.geometry = model_geometry(self.meta)
-        except ValueError as error:
-            raise ValueError(f"{self.model_path}: {error}") from error
+        self.geometry = model_geometry(self.meta, source=self.model_path)
         self.metal_threshold_hu = float(metal_threshold_hu)
         self.preserve_detail = bool(preserve_detail)
         if trace_model not in TRACE_MODELS:

@@ -85,7 +85,8 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
             raise ValueError(
                 f"{path}: bare weights ({len(payload)} tensors) without the network description, so the network "
                 f"cannot be rebuilt; use the model file <arm>/model.pt that training writes, or write one with "
-                f"eqmar.apps.mar.model_file.save_mar_model(path, network, network_spec(backbone, **kwargs))."
+                f"eqmar.apps.mar.model_file.save_mar_model(path, network, network_spec(backbone, **kwargs), "
+                f"meta={{'geometry_tag': <the training data's geometry, e.g. '640geo'>}})."
             )
         raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).")
     try:
