@@ -397,7 +397,7 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
             fit ``network`` (naming the missing, unexpected and reshaped keys).
     """
     from eqmar.apps.mar.model_file import (
-        MODEL_FORMAT, checkpoint_network_weights, describe_weight_mismatch, read_model_payload,
+        MODEL_FORMAT, checkpoint_network_weights, describe_weight_mismatch, is_state_dict, read_model_payload,
     )
 
     path = Path(path)
@@ -413,7 +413,7 @@ def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
         state = trained
     elif isinstance(payload, Mapping) and isinstance(payload.get("model"), Mapping):
         state = payload["model"]
-    elif isinstance(payload, Mapping) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+    elif is_state_dict(payload):
         state = payload
     else:
         raise ValueError(f"{path}: holds no MAR network weights (expected an eqmar model file or a state dict).")

@@ -28,6 +28,7 @@ __all__ = [
     "check_model_path",
     "checkpoint_network_weights",
     "describe_weight_mismatch",
+    "is_state_dict",
 ]
 
 MODEL_FORMAT = "eqmar-mar-model/1"
@@ -81,7 +82,7 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         if checkpoint_network_weights(payload) is not None:
             raise ValueError(_training_checkpoint_message(path))
-        if _is_bare_state_dict(payload):
+        if is_state_dict(payload):
             raise ValueError(
                 f"{path}: bare weights ({len(payload)} tensors) without the network description, so the network "
                 f"cannot be rebuilt; use the model file <arm>/model.pt that training writes, or write one with "
@@ -164,16 +165,15 @@ def checkpoint_network_weights(payload: Any) -> Mapping[str, torch.Tensor] | Non
     if not isinstance(payload, Mapping) or payload.get("format") == MODEL_FORMAT:
         return None
     state = payload.get(CHECKPOINT_NETWORK_KEY)
-    if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state
-    return None
+    return state if is_state_dict(state) else None
 
 
-def _is_bare_state_dict(payload: Any) -> bool:
-    """Whether ``payload`` is a plain ``state_dict()`` (names to tensors), as ``torch.save(net.state_dict())`` writes."""
-    return isinstance(payload, Mapping) and bool(payload) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items()
-    )
+def is_state_dict(payload: Any) -> bool:
+    """Whether ``payload`` is a plain, non-empty state dict (names to tensors).
+
+    That is what ``torch.save(net.state_dict())`` writes, and what checkpoints hold per object.
+    """
+    return isinstance(payload, Mapping) and bool(payload) and all(isinstance(v, torch.Tensor) for v in payload.values())
 
 
 def _training_checkpoint_message(path: Path) -> str:
