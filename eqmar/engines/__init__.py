@@ -15,6 +15,7 @@ from eqmar.engines.experiment import STRICT_ARM, ArmResult, TaskSpec, run_arms
 from eqmar.engines.report import (
     RUN_ONLY_SETTINGS,
     arm_summary,
+    config_as_json,
     format_arm_table,
     format_equivariance_table,
     merge_earlier_arms,
@@ -37,6 +38,7 @@ __all__ = [
     "build_arm",
     "arm_summary",
     "build_trainer",
+    "config_as_json",
     "format_arm_table",
     "format_equivariance_table",
     "is_main_process",

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from eqmar.equivariance import EquivarianceReport
 
 __all__ = [
     "RUN_ONLY_SETTINGS",
+    "config_as_json",
     "format_arm_table",
     "format_equivariance_table",
     "arm_summary",
@@ -112,6 +114,14 @@ def arm_summary(result: ArmResult) -> dict[str, Any]:
         "validation": result.validation,
         "equivariance": result.equivariance.to_dict() if result.equivariance is not None else None,
     }
+
+
+def config_as_json(cfg: Any) -> dict[str, Any]:
+    """A recipe's dataclass config as the ``"config"`` entry of ``results.json`` (paths as strings).
+
+    :func:`merge_earlier_arms` compares this entry with an earlier run's, so every recipe builds it here.
+    """
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
 
 
 def merge_earlier_arms(

@@ -8,8 +8,7 @@ depend on which one ran.
 
 They are used for contiguous float32 CPU tensors when numba is installed (``pip install eqmar[fast]``;
 ``recipes/bootstrap.py`` installs it); everything else (CUDA, half precision, channels-last, C8, D4)
-takes the PyTorch path. :func:`use_fused_cpu` switches them off,
-e.g. to compare the two.
+takes the PyTorch path. :func:`use_fused_cpu` switches them off, e.g. to compare the two.
 """
 
 from __future__ import annotations

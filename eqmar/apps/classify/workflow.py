@@ -22,7 +22,7 @@ import logging
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from eqmar.engines import (
     EQRegSettings,
     TaskSpec,
     arm_summary,
+    config_as_json,
     format_arm_table,
     format_equivariance_table,
     merge_earlier_arms,
@@ -276,7 +277,7 @@ def _write_outputs(
     show this run's arms only.
     """
     out = Path(cfg.output_dir)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config = config_as_json(cfg)
     arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS, check=arm_row)
     digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
     table = format_arm_table({arm: arm_row(s) for arm, s in arms.items()}, digits=digits, first_header="arm")

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from eqmar.engines import ARMS, STRICT_ARM
+from eqmar.engines import ARMS, STRICT_ARM, config_as_json
 
 __all__ = [
     "ALL_ARMS",
@@ -260,7 +260,7 @@ def restoration_config(cfg: DerainExperimentConfig) -> Any:
     source = "Rain100L" if cfg.data is not None else "embedded photographs"
     meta = {
         **data["meta"],
-        "derain": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "derain": config_as_json(cfg),
         "parameters": {"rcdnet": count_parameters(reference), "strict": count_parameters(strict())},
         "regularised_layers": len(regularised_layers(cfg, reference)),
     }

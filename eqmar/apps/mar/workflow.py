@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from eqmar.engines import (
     EQRegSettings,
     TaskSpec,
     arm_summary,
+    config_as_json,
     is_main_process,
     main_process_first,
     merge_earlier_arms,
@@ -391,7 +392,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         "metal-affected": evaluate_mar(loaders["test"], input_predictor("ma_CT")),
         "LI": evaluate_mar(loaders["test"], input_predictor("LI_CT")),
     }
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    config = config_as_json(cfg)
     summaries = {
         arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
         for arm, r in results.items()
