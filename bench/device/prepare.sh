@@ -15,8 +15,9 @@
 #   conformance/  the SynDeepLesion conformance subset the default tests use (gt.h5, testmask.npy,
 #                 masks 3 and 7), since ../shared does not travel.
 # Everything together stays under about 50 MB; the script prints the size. numba (the fused CPU kernels
-# of the EQ-Reg term) is left out: its wheels (about 45 MB) would not fit, eqmar then computes the term
-# with PyTorch operations, and the GPU checks time CUDA, where those kernels do not apply anyway.
+# of the EQ-Reg term) is left out: its CPython 3.12 wheels (61 MB, llvmlite 0.50.0 + numba 0.68.1) would
+# not fit; eqmar then computes the term with PyTorch operations, and the GPU checks time CUDA, where those
+# kernels do not apply anyway.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
