@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from eqmar.engines.cli import add_experiment_arguments, collect_overrides, run_experiment_cli
@@ -55,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-masks", help="validation mask indices, e.g. 80-89 (published); 'none' to skip")
     p.add_argument("--val-images", type=int, help="validate on the first N training images")
     p.add_argument("--test-images", type=int, help="score only the first N test images")
+    p.add_argument("--preset", choices=("demo", "reference"), default="demo",
+                   help="without --data: 'demo' (default; 128 px, three arms, about 5 min on 2 CPU cores) or "
+                        "'reference' (the shipped reference model: one EQ-Reg UNet at 416 px / 640 views, about 80 min)")
+    p.add_argument("--train-image", action="append", type=Path, metavar="FILE",
+                   help="add a CT slice (DeepLesion PNG, DICOM, NIfTI or SynDeepLesion gt.h5) to the built-in training "
+                        "set (repeatable; never used for testing)")
+    p.add_argument("--holdout-image", action="append", type=Path, metavar="FILE",
+                   help="add a CT slice (DeepLesion PNG, DICOM, NIfTI or SynDeepLesion gt.h5) to the demo's held-out "
+                        "set (repeatable)")
     return p
 
 
@@ -76,9 +86,19 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.train_image:
+        overrides["train_image_files"] = tuple(args.train_image)
+    if args.holdout_image:
+        overrides["holdout_images"] = tuple(args.holdout_image)
     if args.regularise:
         overrides["regularised"] = tuple(part.strip() for part in args.regularise.split(",") if part.strip())
-    return run_experiment_cli(args, MARExperimentConfig, run_mar_experiment, overrides, _summary)
+    builtin = None
+    if args.preset == "reference":
+        if args.data is not None:
+            print("error: --preset reference trains on the built-in data; drop --data or --preset", file=sys.stderr)
+            return 2
+        builtin = MARExperimentConfig.reference_default
+    return run_experiment_cli(args, MARExperimentConfig, run_mar_experiment, overrides, _summary, builtin)
 
 
 if __name__ == "__main__":

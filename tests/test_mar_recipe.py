@@ -115,7 +115,8 @@ def test_regularise_typo_fails_before_any_data_or_training_listing_the_valid_nam
     main = _recipe_main()
     # --arm plain too: a typo must not be ignored just because this run trains no EQ-Reg arm
     for arm in ("eqreg", "plain"):
-        assert main(["--regularise", "x_nett", "--arm", arm, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+        flags = ["--backbone", "dicdnet", "--regularise", "x_nett", "--arm", arm, "--out", str(tmp_path / "run")]
+        assert main([*flags, "--no-progress"]) == 2
         err = capsys.readouterr().err
         assert "no proximal sub-network named 'x_nett'; valid names: m_net, x_net" in err, err
         assert len(err.splitlines()) == 1 and not (tmp_path / "run").exists()

@@ -174,8 +174,12 @@ def test_baseline_unet_is_li_plus_residual() -> None:
     net = mar_baseline_unet()
     x, target = _mar_batch(size=64)
     assert net.unet.conv_0.conv_0.conv.out_channels == 36
-    # zero-initialised residual: training starts exactly from LI, and the residual still learns
-    assert torch.equal(net(x), x[:, 1:2])
+    # zero-initialised residual: training starts exactly from LI (clamped at µ = 0), and the residual still learns
+    assert torch.equal(net(x), x[:, 1:2].clamp(min=0))
+    assert torch.equal(mar_baseline_unet(nonnegative=False)(x), x[:, 1:2])
+    x_negative = x.clone()
+    x_negative[:, 1] -= 0.5  # LI below µ = 0 (streaks in air): the output never goes below 0
+    assert net(x_negative).min() == 0 and (mar_baseline_unet(nonnegative=False)(x_negative) < 0).any()
     MARLoss()(net(x), target).backward()
     assert net.unet.final_conv.weight.grad.abs().sum() > 0
     random_start = mar_baseline_unet(zero_init_residual=False)

@@ -280,3 +280,24 @@ def test_load_ct_slices_errors(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((32, 40, 4), np.float32), np.eye(4)), rect)
     with pytest.raises(ValueError, match="square"):
         load_ct_slices(rect)
+
+
+def test_load_ct_slices_reads_the_clean_slice_of_a_syndeeplesion_h5(tmp_path):
+    import h5py
+
+    from eqmar.ct.physics import hu_to_mu
+
+    hu = np.linspace(-1000, 1500, 32 * 32, dtype=np.float32).reshape(32, 32)
+    path = tmp_path / "gt.h5"
+    with h5py.File(path, "w") as f:
+        f["image"] = hu_to_mu(hu)
+    (loaded, source), = load_ct_slices(path)
+    np.testing.assert_allclose(loaded, hu, atol=0.05)
+    assert source == str(path)
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["ma_CT"] = hu_to_mu(hu)
+    with pytest.raises(ValueError, match="other.h5: no 'image' dataset"):
+        load_ct_slices(tmp_path / "other.h5")
+    (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="broken.h5: not a readable HDF5 file"):
+        load_ct_slices(tmp_path / "broken.h5")

@@ -222,3 +222,21 @@ def test_in_process_run_frees_its_simulator(tmp_path, masks) -> None:
     synthesize_dataset(demo_sources(1, seed=0, split="test"), masks, tmp_path, "test", CONFIG, mask_indices=[0],
                        progress=False)
     assert synthesis._WORKER == {}
+
+
+def test_demo_families_and_the_held_out_set_share_no_anatomy(tmp_path) -> None:
+    from eqmar.data.synthesis import DEMO_TRAIN_PHANTOMS, HOLDOUT_PHANTOMS, holdout_sources
+
+    assert not set(DEMO_TRAIN_PHANTOMS) & set(HOLDOUT_PHANTOMS)
+    train = demo_sources(24, seed=0, split="train", kinds=DEMO_TRAIN_PHANTOMS)
+    test = demo_sources(4, seed=0, split="test", kinds=DEMO_TRAIN_PHANTOMS)
+    assert {s.variant for s in train} == set(DEMO_TRAIN_PHANTOMS)
+    extra = tmp_path / "gt.h5"
+    held = holdout_sources(3, seed=0, extra=[extra])
+    assert held[0].kind == "pydicom-testdata" and held[-1].path == str(extra) and held[-1].image_id == "file_00_gt/000"
+    phantoms = [s for s in held if s.kind == "phantom"]
+    assert {s.variant for s in phantoms} == {"head"} and len(phantoms) == 3
+    seeds = [{s.index for s in group if s.kind == "phantom"} for group in (train, test, phantoms)]
+    assert not (seeds[0] & seeds[2]) and not (seeds[1] & seeds[2])
+    with pytest.raises(ValueError, match="phantom kinds"):
+        demo_sources(2, kinds=("knee",))

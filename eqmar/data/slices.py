@@ -73,9 +73,13 @@ def _kind_of(path: Path) -> str:
         return "png"
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
+    if name.endswith(".h5"):
+        return "syndeeplesion-h5"
     if name.endswith((".dcm", ".dicom")) or is_dicom(path):
         return "dicom"
-    raise ValueError(f"{path}: unsupported file type; expected a DeepLesion .png, DICOM file/folder or NIfTI.")
+    raise ValueError(
+        f"{path}: unsupported file type; expected a DeepLesion .png, DICOM file/folder, NIfTI or SynDeepLesion .h5."
+    )
 
 
 def _volume_slices(volume: np.ndarray, source: str, **selection) -> list[tuple[np.ndarray, str]]:
@@ -98,7 +102,10 @@ def load_ct_slices(
     max_slices: int = 8,
     body_threshold_hu: float = BODY_THRESHOLD_HU,
 ) -> list[tuple[np.ndarray, str]]:
-    """Load 2-D HU slices from a DeepLesion PNG, a DICOM file, a DICOM series folder or a NIfTI volume.
+    """Load 2-D HU slices from a DeepLesion PNG, a DICOM file or series folder, a NIfTI volume or a SynDeepLesion h5.
+
+    A SynDeepLesion ``.h5`` file (``gt.h5`` of the published layout) holds the clean slice as µ
+    (1/cm) under ``image``; it is converted to HU with :func:`eqmar.ct.physics.mu_to_hu`.
 
     Args:
         path: the file or series folder.
@@ -131,6 +138,8 @@ def load_ct_slices(
         reader = DeepLesionPNGReader(reverse_indexing=False)
         hu, _ = reader.get_data(reader.read(p))
         return [(_check_square(hu, source), source)]
+    if kind == "syndeeplesion-h5":
+        return [(_check_square(_syndeeplesion_clean_hu(p), source), source)]
     if kind == "dicom":
         # swap_ij=False keeps DICOM's (row, column) order, i.e. display orientation.
         reader = CTDicomReader(swap_ij=False)
@@ -148,3 +157,21 @@ def load_ct_slices(
     # to get DICOM display order (rows anterior→posterior, columns patient right→left).
     display = np.flip(data, axis=(0, 1)).transpose(1, 0, 2)
     return _volume_slices(display, source, **selection)
+
+
+def _syndeeplesion_clean_hu(path: Path) -> np.ndarray:
+    """The clean slice of a SynDeepLesion h5 file (µ under ``image``), in HU."""
+    import h5py
+
+    from eqmar.ct.physics import mu_to_hu
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise ValueError(f"{path}: no 'image' dataset (keys: {sorted(f)}); expected a SynDeepLesion gt.h5.")
+            mu = np.asarray(f["image"][()], dtype=np.float32)
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error}).") from None
+    if mu.ndim != 2 or not np.isfinite(mu).all():
+        raise ValueError(f"{path}: 'image' must be a finite 2-D µ map, got shape {mu.shape}.")
+    return mu_to_hu(mu)

@@ -42,6 +42,10 @@ __all__ = [
     "deeplesion_sources",
     "volume_sources",
     "demo_sources",
+    "holdout_sources",
+    "file_sources",
+    "DEMO_TRAIN_PHANTOMS",
+    "HOLDOUT_PHANTOMS",
 ]
 
 logger = logging.getLogger("eqmar.synthesis")
@@ -572,22 +576,72 @@ def _series_names(paths: Sequence[Path]) -> dict[Path, str]:
 
 DEMO_PHANTOMS = ("abdomen", "thorax", "pelvis", "head")
 
+DEMO_TRAIN_PHANTOMS = ("abdomen", "thorax", "pelvis")
+"""The phantom families the MAR demo trains on; ``head`` is kept for its held-out set."""
 
-def demo_sources(count: int = 8, seed: int = 0, split: str = "train") -> list[ImageSource]:
+HOLDOUT_PHANTOMS = ("head",)
+"""Phantom families of the MAR demo's held-out set: anatomy its training data never contains."""
+
+
+def demo_sources(
+    count: int = 8, seed: int = 0, split: str = "train", kinds: Sequence[str] = DEMO_PHANTOMS
+) -> list[ImageSource]:
     """The embedded default: procedural phantoms of each kind (and pydicom's ``CT_small.dcm`` in test).
 
     Train and test phantoms use disjoint seeds. The one real CT slice shipped with pydicom goes to
     the test split, so the default evaluation includes real anatomy.
+
+    Args:
+        count: number of slices (CT_small included in the test split).
+        seed: data seed; phantoms of seed ``s`` use phantom seeds ``1000 s + i`` (``+ 500`` in test).
+        split: ``"train"`` or ``"test"``.
+        kinds: phantom families to cycle through (see :data:`eqmar.ct.phantoms.PHANTOM_KINDS`).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    _check_phantom_kinds(kinds)
     sources = []
     if split == "test":
         sources.append(ImageSource(image_id="ct_small_000001/001", kind="pydicom-testdata", path="CT_small.dcm"))
     offset = seed * 1000 + (500 if split == "test" else 0)
     for i in range(count - len(sources)):
-        kind = DEMO_PHANTOMS[i % len(DEMO_PHANTOMS)]
+        kind = kinds[i % len(kinds)]
         sources.append(
             ImageSource(image_id=f"phantom_{kind}/{i:03d}", kind="phantom", index=offset + i, variant=kind)
         )
     return sources
+
+
+def holdout_sources(
+    count: int = 4, seed: int = 0, kinds: Sequence[str] = HOLDOUT_PHANTOMS, extra: Sequence[str | Path] = ()
+) -> list[ImageSource]:
+    """A held-out test set: ``CT_small.dcm``, ``count`` phantoms of ``kinds``, then the files in ``extra``.
+
+    The phantom seeds (``1000 seed + 700 + i``) are disjoint from :func:`demo_sources`' train and test
+    seeds, so with families the training set does not contain, no held-out image shares anatomy with
+    training. ``extra`` takes any CT slice :func:`eqmar.data.slices.load_ct_slices` reads (a DeepLesion
+    PNG, DICOM, NIfTI, or a SynDeepLesion ``gt.h5``); each file gives its first selected slice.
+    """
+    _check_phantom_kinds(kinds)
+    sources = [ImageSource(image_id="ct_small_000001/001", kind="pydicom-testdata", path="CT_small.dcm")]
+    for i in range(count):
+        kind = kinds[i % len(kinds)]
+        sources.append(ImageSource(image_id=f"phantom_{kind}/{i:03d}", kind="phantom", index=seed * 1000 + 700 + i,
+                                   variant=kind))
+    return sources + file_sources(extra)
+
+
+def file_sources(paths: Sequence[str | Path]) -> list[ImageSource]:
+    """One source per CT file (its first selected slice), with ids ``file_<j>_<name>/000`` in the given order."""
+    return [
+        ImageSource(image_id=f"file_{j:02d}_{Path(path).name.split('.')[0] or 'image'}/000", kind="file", path=str(path))
+        for j, path in enumerate(paths)
+    ]
+
+
+def _check_phantom_kinds(kinds: Sequence[str]) -> None:
+    from eqmar.ct.phantoms import PHANTOM_KINDS
+
+    unknown = [k for k in kinds if k not in PHANTOM_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"phantom kinds must be a non-empty selection of {PHANTOM_KINDS}, got {tuple(kinds)}.")

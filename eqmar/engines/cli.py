@@ -100,6 +100,7 @@ def run_experiment_cli(
     run: Callable[[Any], dict[str, Any]],
     overrides: Mapping[str, Any],
     summary: Callable[[dict[str, Any], Any], str],
+    builtin: Callable[..., Any] | None = None,
 ) -> int:
     """Build the config, run the experiment (on ``--nproc`` processes) and print its summary.
 
@@ -110,6 +111,8 @@ def run_experiment_cli(
         run: ``cfg -> results``; a module-level function (spawned processes import it).
         overrides: config overrides (see :func:`collect_overrides`).
         summary: ``(results, cfg) -> text`` printed by rank 0 at the end.
+        builtin: ``(**overrides) -> config`` for runs without ``--data`` (default ``config_type.demo_default``),
+            e.g. another preset of the built-in data.
 
     Returns:
         The exit code: 0, or 2 for a user error (bad data folder, bad setting), reported in one line.
@@ -121,7 +124,7 @@ def run_experiment_cli(
                 raise FileNotFoundError(f"--data {args.data} is not a folder")
             cfg = config_type.published(args.data, **overrides)
         else:
-            cfg = config_type.demo_default(**overrides)
+            cfg = (builtin or config_type.demo_default)(**overrides)
         results = launch(_run_in_process, args.nproc, args.backend, run, cfg)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

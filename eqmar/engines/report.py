@@ -121,7 +121,14 @@ def config_as_json(cfg: Any) -> dict[str, Any]:
 
     :func:`merge_earlier_arms` compares this entry with an earlier run's, so every recipe builds it here.
     """
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
+            return [str(v) if isinstance(v, Path) else v for v in value]
+        return value
+
+    return {k: plain(v) for k, v in asdict(cfg).items()}
 
 
 def merge_earlier_arms(
@@ -286,22 +293,24 @@ def _move_aside(path: Path) -> Path:
     return target
 
 
-def write_results(output_dir: str | Path, payload: Mapping[str, Any], tables: Sequence[str]) -> tuple[Path, Path]:
-    """Write ``results.json`` (``payload``) and ``results.md`` (``tables``, blank-line separated).
+def write_results(
+    output_dir: str | Path, payload: Mapping[str, Any], tables: Sequence[str], stem: str = "results"
+) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` (``payload``) and ``<stem>.md`` (``tables``, blank-line separated).
 
     Files are written to a temporary name and renamed, so an interrupted run never leaves half a file.
     In a distributed run only rank 0 writes; every rank gets the paths.
     """
     out = Path(output_dir)
     if not is_main_process():
-        return out / "results.json", out / "results.md"
+        return out / f"{stem}.json", out / f"{stem}.md"
     from eqmar.data.syndeeplesion import atomic_write
 
     json_text = json.dumps(payload, indent=2, default=_json_default)
     md_text = "\n\n".join(tables) + "\n"
     written = [
         atomic_write(out / name, lambda tmp, text=text: tmp.write_text(text))
-        for name, text in (("results.json", json_text), ("results.md", md_text))
+        for name, text in ((f"{stem}.json", json_text), (f"{stem}.md", md_text))
     ]
     return written[0], written[1]
 

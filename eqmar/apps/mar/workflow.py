@@ -19,7 +19,13 @@ import ignite.distributed as idist
 import torch
 from torch import nn
 
-from eqmar.apps.mar.evaluation import evaluate_mar, input_predictor, network_predictor
+from eqmar.apps.mar.evaluation import (
+    evaluate_mar,
+    format_region_table,
+    input_predictor,
+    network_predictor,
+    region_errors,
+)
 from eqmar.apps.mar.figures import plot_mar_examples
 from eqmar.apps.mar.transforms import MARInputsd
 from eqmar.engines import (
@@ -76,6 +82,8 @@ class MARExperimentConfig:
     val_masks: tuple[int, ...] = tuple(range(80, 90))
     val_images: int = 4
     test_images: int | None = None
+    holdout_images: tuple[Path, ...] = ()
+    train_image_files: tuple[Path, ...] = ()
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -91,6 +99,17 @@ class MARExperimentConfig:
             ValueError: negative or shared training/validation mask indices, or an unknown ``regularised`` name.
         """
         _check_mask_indices(self.train_masks, self.val_masks)
+        for name, flag in (("holdout_images", "--holdout-image"), ("train_image_files", "--train-image")):
+            paths = tuple(Path(p) for p in getattr(self, name))
+            setattr(self, name, paths)
+            missing = [str(p) for p in paths if not p.exists()]
+            if missing:
+                raise ValueError(f"{name} ({flag}): not found: {', '.join(missing)}")
+            if paths and self.data is not None:
+                raise ValueError(
+                    f"{name} ({flag}) adds images to the built-in data set, which is simulated at its own geometry; "
+                    "with --data, synthesize them into the root with data_tools/synthesize_mar.py instead."
+                )
         if self.regularised:
             _check_regularised_names(self)
 
@@ -101,29 +120,67 @@ class MARExperimentConfig:
 
     @classmethod
     def demo_default(cls, **overrides: Any) -> MARExperimentConfig:
-        """A small configuration that trains all three arms on the built-in demo set on a laptop CPU."""
+        """A small configuration that trains all three arms on the built-in demo set on a laptop CPU.
+
+        The backbone is the LI-residual BasicUNet (:func:`eqmar.networks.mar_baseline_unet`, widths
+        16-128, output clamped at µ = 0): in the demo's CPU budget (1000 steps of batch 4 per arm) it
+        beats LI clearly, where DICDNet, whose unrolled stages need a long training to learn the
+        artifact dictionary, stays at LI level (``docs/results.md``). Training anatomy: 24
+        procedural abdomen/thorax/pelvis slices × 12 masks; the held-out set (``head`` phantoms,
+        ``CT_small.dcm`` and any ``holdout_images``) has none of it.
+        """
+        from eqmar.data.synthesis import DEMO_TRAIN_PHANTOMS, HOLDOUT_PHANTOMS
+
         base = cls(
             data=None,
+            backbone="unet",
             num_stages=3,
             features=16,
             num_filters=16,
             num_res_blocks=2,
-            epochs=6,
+            epochs=40,
             iters_per_epoch=25,
             batch_size=4,
             patch_size=64,
             lr=1e-3,
             betas=(0.5, 0.999),
-            milestones=(4,),
+            milestones=(30,),
             train_masks=tuple(range(12)),
             val_masks=(),
             val_images=0,
             checkpoint_interval=0,
-            demo={"cache": ".cache/eqmar/mar_demo", "image_size": 128, "views": 160, "train_images": 8,
-                  "test_images": 4, "seed": 0},
+            demo={"cache": ".cache/eqmar/mar_demo_v2", "image_size": 128, "views": 160, "train_images": 24,
+                  "test_images": 4, "seed": 0, "kinds": DEMO_TRAIN_PHANTOMS, "holdout": 4,
+                  "holdout_kinds": HOLDOUT_PHANTOMS},
         )
         return replace(base, **overrides)
 
+
+    @classmethod
+    def reference_default(cls, **overrides: Any) -> MARExperimentConfig:
+        """The reference model: one EQ-Reg LI-residual UNet at the full 640geo geometry (416 px, 640 views).
+
+        Trains on built-in procedural anatomy of all four families (48 slices) plus any
+        ``train_image_files`` (e.g. real DeepLesion training slices), each with 20 generated
+        training masks; tests on the demo test images (CT_small and phantoms) at full geometry.
+        12 000 steps of batch 4 (+4 rotated) on 96×96 patches take about 80 min on one core of the
+        development machine. Checkpoints every 500 steps, so ``--resume`` continues an interrupted run.
+        """
+        from eqmar.data.synthesis import DEMO_PHANTOMS
+
+        base = cls.demo_default(
+            output_dir=Path("runs/mar_reference"),
+            arms=("eqreg",),
+            epochs=24,
+            iters_per_epoch=500,
+            patch_size=96,
+            milestones=(16, 21),
+            train_masks=tuple(range(20)),
+            checkpoint_interval=500,
+            demo={"cache": ".cache/eqmar/mar_reference", "image_size": 416, "views": 640, "train_images": 48,
+                  "test_images": 4, "seed": 0, "kinds": DEMO_PHANTOMS, "holdout": 0},
+        )
+        return replace(base, **overrides)
 
 def _check_mask_indices(train_masks: Sequence[int], val_masks: Sequence[int]) -> None:
     """Mask indices must be >= 0, and validation masks must not be trained on.
@@ -233,23 +290,68 @@ def _check_regularised_layers(cfg: MARExperimentConfig, network: nn.Module, laye
 
 
 def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
-    """Synthesize the demo set if its files are not all there yet; return (root, geometry tag)."""
+    """Synthesize the demo set if its files are not all there yet; return (root, geometry tag).
+
+    ``cfg.train_image_files`` are added to the training split (never to the test split).
+    """
+    import hashlib
+
     from eqmar.ct.masks import generate_mask_set
-    from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
+    from eqmar.data.synthesis import (
+        DEMO_PHANTOMS,
+        SynthesisConfig,
+        demo_sources,
+        file_sources,
+        select_split_masks,
+        synthesize_dataset,
+    )
 
     demo = cfg.demo
-    root = Path(demo["cache"])
+    files = [str(Path(p).resolve()) for p in cfg.train_image_files]
+    # other training files make another data set: a folder of its own instead of a mixed one
+    root = Path(demo["cache"] + ("_" + hashlib.sha256("\n".join(files).encode()).hexdigest()[:10] if files else ""))
     synth = SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
     masks = generate_mask_set(seed=demo["seed"])
     for split, count in (("train", demo["train_images"]), ("test", demo["test_images"])):
         split_masks = select_split_masks(masks, split)
         indices = sorted(set(cfg.train_masks) | set(cfg.val_masks)) if split == "train" else range(split_masks.shape[-1])
-        report = synthesize_dataset(
-            demo_sources(count, demo["seed"], split), split_masks, root, split, synth,
-            mask_indices=indices, progress=cfg.progress,
-        )
+        sources = demo_sources(count, demo["seed"], split, demo.get("kinds", DEMO_PHANTOMS))
+        if split == "train":
+            sources += file_sources(files)
+        report = synthesize_dataset(sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.progress)
         if report.failures:
-            raise RuntimeError(f"demo synthesis failed for {report.failures}")
+            first = report.failures[0]
+            raise ValueError(f"{split} image {first['source']}: {first['error']}")
+    return root, synth.resolve_tag()
+
+
+def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
+    """Synthesize (or reuse) the demo's held-out set; ``None`` when the demo configures none.
+
+    The held-out set is anatomy the demo never trains on: pydicom's ``CT_small.dcm``,
+    ``cfg.demo["holdout"]`` phantoms of the families in ``cfg.demo["holdout_kinds"]`` (by default
+    ``head``, which the training set leaves out) and every file of ``cfg.holdout_images``, each
+    with the ten test masks, at the demo geometry. Its folder name carries a digest of the extra
+    files, so adding one makes a new set instead of mixing two.
+    """
+    import hashlib
+
+    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.synthesis import HOLDOUT_PHANTOMS, SynthesisConfig, holdout_sources, select_split_masks, synthesize_dataset
+
+    demo = cfg.demo
+    if cfg.data is not None or not demo.get("holdout"):
+        return None
+    files = [str(Path(p).resolve()) for p in cfg.holdout_images]
+    name = "holdout" if not files else "holdout_" + hashlib.sha256("\n".join(files).encode()).hexdigest()[:10]
+    root = Path(demo["cache"]) / name
+    synth = SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
+    masks = select_split_masks(generate_mask_set(seed=demo["seed"]), "test")
+    sources = holdout_sources(demo["holdout"], demo["seed"], demo.get("holdout_kinds", HOLDOUT_PHANTOMS), files)
+    report = synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.progress)
+    if report.failures:
+        first = report.failures[0]
+        raise ValueError(f"held-out image {first['source']}: {first['error']}")
     return root, synth.resolve_tag()
 
 
@@ -353,14 +455,28 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     with main_process_first():  # the other ranks then find the demo set complete instead of writing it too
         root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
+        holdout = ensure_holdout_data(cfg)
     loaders = _loaders(cfg, root, tag)
+    if holdout is not None:
+        from monai.data import DataLoader
+
+        from eqmar.data.datasets import SynDeepLesionTestDataset
+
+        loaders["holdout"] = DataLoader(
+            SynDeepLesionTestDataset(holdout[0], geometry=holdout[1], transform=MARInputsd()), batch_size=4,
+            num_workers=cfg.workers,
+        )
 
     def make_optimizer(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, betas=cfg.betas)
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
-        return {"mar": evaluate_mar(loaders["test"], network_predictor(network, device))}
+        predictor = network_predictor(network, device)
+        scores = {"mar": evaluate_mar(loaders["test"], predictor), "regions": region_errors(loaders["test"], predictor)}
+        if "holdout" in loaders:
+            scores["holdout"] = evaluate_mar(loaders["holdout"], network_predictor(network, device))
+        return scores
 
     from eqmar.apps.mar.model_file import save_mar_model
 
@@ -397,9 +513,26 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         arm: {**arm_summary(r), "metrics": r.metrics["mar"].as_dict(), "train_seconds": round(r.train_seconds, 2)}
         for arm, r in results.items()
     }
+    for arm, r in results.items():
+        summaries[arm]["region_errors"] = r.metrics["regions"]
+        if "holdout" in r.metrics:
+            summaries[arm]["holdout_metrics"] = r.metrics["holdout"].as_dict()
     arms = merge_earlier_arms(out, config, summaries, order=ARMS, check=lambda s: MARScores.from_dict(s["metrics"]))
     table = format_mar_table({**baselines, **{arm: MARScores.from_dict(s["metrics"]) for arm, s in arms.items()}})
     table = note_earlier_arms(table, arms)
+    li_regions = region_errors(loaders["test"], input_predictor("LI_CT"))
+    tables = [table, "Mean signed error / RMSE (HU) by distance from the metal, test set:\n\n" + format_region_table(
+        {"LI": li_regions, **{arm: s["region_errors"] for arm, s in arms.items() if "region_errors" in s}})]
+    holdout_baselines: dict[str, MARScores] = {}
+    if "holdout" in loaders:
+        holdout_baselines = {
+            "metal-affected": evaluate_mar(loaders["holdout"], input_predictor("ma_CT")),
+            "LI": evaluate_mar(loaders["holdout"], input_predictor("LI_CT")),
+        }
+        rows = {arm: MARScores.from_dict(s["holdout_metrics"]) for arm, s in arms.items() if "holdout_metrics" in s}
+        ids = ", ".join(loaders["holdout"].dataset.image_ids)
+        tables.append(f"Held-out set (anatomy the demo never trains on: {ids}):\n\n" + format_mar_table(
+            {**holdout_baselines, **rows}))
     payload = {
         "config": config,
         "data_root": str(root),
@@ -410,8 +543,10 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
             "processes": idist.get_world_size(),
         },
         "baselines": {name: s.as_dict() for name, s in baselines.items()},
+        "holdout_baselines": {name: s.as_dict() for name, s in holdout_baselines.items()},
+        "li_region_errors": li_regions,
         "arms": arms,
-        "table": table,
+        "table": "\n\n".join(tables),
     }
     if is_main_process():
         _write_outputs(cfg, out, root, results, payload, loaders["test"].dataset, device)

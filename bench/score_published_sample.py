@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Score a MAR model file on a single-slice SynDeepLesion folder, such as the published sample.
+
+The folder holds ``gt.h5`` (clean µ under ``image``), ``0.h5`` … ``9.h5`` (``ma_CT``, ``LI_CT`` of
+each test mask) and ``testmask.npy``: the layout of the sample the SynDeepLesion authors publish with
+their code. Prints the protocol table (LI and the model, PSNR/SSIM by mask group) and the mean
+signed error / RMSE in HU by distance from the metal.
+
+Example:
+  python bench/score_published_sample.py bundles/eqmar_mar/models/model.pt --sample /data/syndeeplesion_sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+
+def sample_root(folder: Path, root: Path, image_id: str = "000376_16_02/299") -> tuple[Path, str]:
+    """Link a single-slice folder into a SynDeepLesion test root under ``root``; return (root, tag)."""
+    from eqmar.data.syndeeplesion import SynDeepLesionLayout
+
+    layout = SynDeepLesionLayout(root, "test", "640geo")
+    target = layout.slice_dir(image_id)
+    target.mkdir(parents=True)
+    for name in ["gt.h5", *(f"{k}.h5" for k in range(10))]:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name}: missing; a sample folder holds gt.h5, 0.h5 ... 9.h5 and testmask.npy")
+        (target / name).symlink_to((folder / name).resolve())
+    (root / "testmask.npy").symlink_to((folder / "testmask.npy").resolve())
+    layout.write_list([image_id])
+    return root, "640geo"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="MAR model file (model.pt)")
+    p.add_argument("--sample", type=Path, required=True, help="single-slice SynDeepLesion folder")
+    args = p.parse_args(argv)
+    from monai.data import DataLoader
+
+    from eqmar.apps.mar.evaluation import evaluate_mar, format_region_table, input_predictor, network_predictor, region_errors
+    from eqmar.apps.mar.model_file import load_mar_model
+    from eqmar.apps.mar.transforms import MARInputsd
+    from eqmar.data.datasets import SynDeepLesionTestDataset
+    from eqmar.metrics import format_mar_table
+
+    try:
+        network, _ = load_mar_model(args.model)
+        with tempfile.TemporaryDirectory() as tmp:
+            root, tag = sample_root(args.sample, Path(tmp))
+            loader = DataLoader(SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd()), batch_size=2)
+            methods = {"LI": input_predictor("LI_CT"), "model": network_predictor(network)}
+            scores = {name: evaluate_mar(loader, f) for name, f in methods.items()}
+            errors = {name: region_errors(loader, f) for name, f in methods.items()}
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_mar_table(scores))
+    print()
+    print(format_region_table(errors))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
