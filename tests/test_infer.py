@@ -135,6 +135,22 @@ def test_identity_network_round_trips_hu(model_path, metal_slice):
     assert np.abs(blurred - hu)[~disc].mean() > 5.0
 
 
+def test_resampled_correction_leaves_no_dark_ring_beside_the_metal(model_path, metal_slice):
+    """The correction on the working metal (tissue minus ~3071 HU) must not bleed into the tissue when resampled."""
+    from scipy.ndimage import distance_transform_edt
+
+    hu, disc = metal_slice
+    with MARInference(model_path, device="cpu", network=_Channel(1)) as li_only:
+        corrected, info = li_only.correct_slice(hu)
+    assert info["working_size"] < hu.shape[0]  # the slice is resampled to the model's grid and back
+    distance = distance_transform_edt(~disc)
+    edge = (distance > 0) & (distance <= 2)
+    # measured: -85 HU (the LI of an artifact-free slice next to its metal); without taking the
+    # correction from clean pixels, -850 HU: a dark ring hugging the metal
+    assert (corrected - hu)[edge].mean() > -200
+    assert abs((corrected - hu)[(distance > 3) & (distance <= 10)].mean()) < 30
+
+
 def test_li_pipeline_reduces_streaks(model_path):
     """A network returning its LI input must reduce the streaks of a simulated metal artifact."""
     from scipy.ndimage import distance_transform_edt

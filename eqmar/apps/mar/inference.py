@@ -357,7 +357,19 @@ class MARInference:
         output_hu = mu_to_hu(output.detach().float().cpu().numpy().reshape(size, size))
         if self.preserve_detail:
             # what the network changed in what it was given: an identity network changes nothing
-            result = hu + resize_square(output_hu - working_hu, hu.shape[0], "correction")
+            correction = output_hu - working_hu
+            if working_mask.any() and working_hu.shape != hu.shape:
+                # On the working metal, and on the working pixels next to it that resampling blended
+                # with metal, the correction is tissue minus (partly) stored metal: up to -3000 HU.
+                # Resampled to the slice's grid it would bleed a dark ring into the tissue beside the
+                # metal. Take the nearest clean pixel's correction there instead (the metal itself is
+                # put back below).
+                from scipy.ndimage import binary_dilation, distance_transform_edt
+
+                blended = binary_dilation(working_mask, iterations=1)
+                _, nearest = distance_transform_edt(blended, return_indices=True)
+                correction = correction[nearest[0], nearest[1]]
+            result = hu + resize_square(correction, hu.shape[0], "correction")
         else:
             result = np.array(resize_square(output_hu, hu.shape[0], "output"))  # Pillow arrays are read-only
         result[mask] = hu[mask]
