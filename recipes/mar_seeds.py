@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,17 @@ def verdict(runs: dict[int, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
                 "differences": {f"{a} - {b}": paired_difference(scores[a], scores[b]).as_dict() for a, b in PAIRS},
             }
         payload["sets"][name] = entry
+    rows = ["| arm | mean relative layer error | output error ‖f(gx) − g f(x)‖ / ‖f(x)‖ |", "|---|---|---|"]
+    for arm in ARMS:
+        reports = [runs[s]["arms"][arm].get("equivariance") for s in seeds]
+        if not all(isinstance(r, dict) and r.get("layers") for r in reports):
+            continue
+        layer = mean_sd([math.fsum(r["layers"].values()) / len(r["layers"]) for r in reports])
+        output = mean_sd([float(r["output"]) for r in reports])
+        payload.setdefault("equivariance", {})[arm] = {"mean_layer_error": layer, "output_error": output}
+        rows.append(f"| {arm} | {layer[0]:.3f} ± {layer[1]:.3f} | {output[0]:.4f} ± {output[1]:.4f} |")
+    if len(rows) > 2:
+        sections.append("### Equivariance of the trained networks (mean ± sd over seeds)\n\n" + "\n".join(rows))
     return "\n\n".join(sections), payload
 
 

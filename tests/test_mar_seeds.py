@@ -18,7 +18,8 @@ def _scores(psnr: float, ssim: float) -> dict:
 
 def _write_seed(out, seed: int, plain: float, aug: float, eqreg: float) -> None:
     arms = {
-        arm: {"metrics": _scores(v, 0.9), "holdout_metrics": _scores(v - 0.5, 0.85)}
+        arm: {"metrics": _scores(v, 0.9), "holdout_metrics": _scores(v - 0.5, 0.85),
+              "equivariance": {"layers": {"a": 1.0, "b": 0.5 if arm == "eqreg" else 1.0}, "output": 0.04}}
         for arm, v in (("plain", plain), ("aug", aug), ("eqreg", eqreg))
     }
     payload = {"arms": arms, "baselines": {"LI": _scores(30.0, 0.8)}, "holdout_baselines": {"LI": _scores(29.0, 0.75)}}
@@ -42,6 +43,8 @@ def test_verdict_from_finished_seeds_without_training(tmp_path, capsys) -> None:
     text = (out / "verdict.md").read_text()
     assert "### test set, average PSNR" in text and "### held-out set, average SSIM" in text
     assert "| eqreg − aug |" in text
+    assert "| eqreg | 0.750 ± 0.000 | 0.0400 ± 0.0000 |" in text and "| aug | 1.000 ± 0.000 |" in text
+    assert verdict["equivariance"]["eqreg"]["mean_layer_error"] == [0.75, 0.0]
 
 
 def test_seeds_flag_needs_two_valid_seeds(tmp_path, capsys) -> None:
