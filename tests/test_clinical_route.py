@@ -187,3 +187,29 @@ def test_shipped_model_leaves_no_halo(clinical, request, source):
     """
     _, net, numbers = _route_numbers(clinical, request, source)
     assert net["halo_abs_mean_hu_outside_route_metal"] < MAX_HALO_HU, numbers
+
+
+def test_shipped_model_keeps_the_intensity_of_tissue_far_from_the_metal():
+    """pydicom's CT_small with a 3071 HU metal insert: tissue farther than 20 px from the metal keeps its HU.
+
+    Measured: -4.7 HU mean change (the previous DICDNet demo weights: -21 HU, and -35 HU at full size).
+    """
+    from pydicom.data import get_testdata_file
+    from scipy.ndimage import distance_transform_edt
+
+    from eqmar.apps.mar.inference import MARInference
+    from eqmar.data.readers import CTDicomReader
+
+    path = get_testdata_file("CT_small.dcm", download=False)
+    if path is None:
+        pytest.skip("pydicom's CT_small.dcm test file is not installed")
+    reader = CTDicomReader(swap_ij=False)
+    hu = np.asarray(reader.get_data(reader.read(path))[0], np.float32)
+    rows, cols = np.mgrid[: hu.shape[0], : hu.shape[1]]
+    metal = (rows - 70) ** 2 + (cols - 50) ** 2 <= 16
+    hu[metal] = 3071.0
+    with MARInference(MODEL, device="cpu") as inference:
+        corrected, _ = inference.correct_slice(hu)
+    far_body = (distance_transform_edt(~metal) > 20) & (hu > -500)
+    assert far_body.sum() > 1000
+    assert abs(float((corrected - hu)[far_body].mean())) < 10.0
