@@ -43,16 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from eqmar.apps.mar.evaluation import evaluate_mar, format_region_table, input_predictor, network_predictor, region_errors
     from eqmar.apps.mar.model_file import load_mar_model
+    from eqmar.apps.mar.sliding import inference_roi
     from eqmar.apps.mar.transforms import MARInputsd
     from eqmar.data.datasets import SynDeepLesionTestDataset
     from eqmar.metrics import format_mar_table
 
     try:
-        network, _ = load_mar_model(args.model)
+        network, payload = load_mar_model(args.model)
+        roi = inference_roi(payload.get("meta"))
         with tempfile.TemporaryDirectory() as tmp:
             root, tag = sample_root(args.sample, Path(tmp))
             loader = DataLoader(SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd()), batch_size=2)
-            methods = {"LI": input_predictor("LI_CT"), "model": network_predictor(network)}
+            methods = {"LI": input_predictor("LI_CT"), "model": network_predictor(network, roi=roi)}
             scores = {name: evaluate_mar(loader, f) for name, f in methods.items()}
             errors = {name: region_errors(loader, f) for name, f in methods.items()}
     except (FileNotFoundError, ValueError) as error:

@@ -15,14 +15,23 @@ __all__ = ["evaluate_mar", "network_predictor", "input_predictor", "region_error
 Predictor = Callable[[Mapping[str, Any]], torch.Tensor]
 
 
-def network_predictor(network: nn.Module, device: str | torch.device = "cpu", image_key: str = "image") -> Predictor:
-    """Prediction function of a network on full images (eval mode, no gradients)."""
+def network_predictor(
+    network: nn.Module, device: str | torch.device = "cpu", image_key: str = "image", roi: int | None = None
+) -> Predictor:
+    """Prediction function of a network on full images (eval mode, no gradients).
+
+    Args:
+        network: the MAR network.
+        device: where to run it.
+        image_key: the network input's key in a batch.
+        roi: run on overlapping patches of this size (see :mod:`eqmar.apps.mar.sliding`); None: whole images.
+    """
+    from eqmar.apps.mar.sliding import mar_forward
 
     @torch.no_grad()
     def predict(batch: Mapping[str, Any]) -> torch.Tensor:
         network.eval()
-        out = network(batch[image_key].to(device))
-        return out if isinstance(out, torch.Tensor) else out[0]
+        return mar_forward(network, batch[image_key].to(device), roi)
 
     return predict
 

@@ -344,6 +344,7 @@ class MARInference:
 
     def _restore(self, hu: np.ndarray, mask: np.ndarray, working_mask: np.ndarray) -> np.ndarray:
         """Network correction of a square slice; returns HU on the slice's own grid."""
+        from eqmar.apps.mar.sliding import inference_roi, mar_forward
         from eqmar.apps.mar.transforms import MARInputs
         from eqmar.ct.physics import hu_to_mu, mu_to_hu, prepare_hu, resize_square
 
@@ -353,7 +354,7 @@ class MARInference:
         li = image_domain_li(mu, working_mask, self.projector(), self.trace_model)
         inputs = MARInputs()(mu, li, working_mask.astype(np.float32))[None].to(self.device)
         with torch.no_grad():
-            output = self.network(inputs)
+            output = mar_forward(self.network, inputs, inference_roi(self.meta))
         output_hu = mu_to_hu(output.detach().float().cpu().numpy().reshape(size, size))
         if self.preserve_detail:
             # what the network changed in what it was given: an identity network changes nothing

@@ -43,7 +43,8 @@ from eqmar.engines import (
 )
 from eqmar.engines.distributed import rank_device
 
-__all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "ensure_demo_data", "BACKBONES"]
+__all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "mar_inference_roi",
+           "ensure_demo_data", "ensure_holdout_data", "BACKBONES"]
 
 logger = logging.getLogger("eqmar.mar")
 
@@ -263,6 +264,16 @@ def mar_network_spec(cfg: MARExperimentConfig) -> dict[str, Any]:
     return network_spec(cfg.backbone, **kwargs)
 
 
+def mar_inference_roi(cfg: MARExperimentConfig) -> int | None:
+    """Patch size to run the trained network with: the training patch for the UNet, whole slices otherwise.
+
+    The UNet's instance normalisation makes its output depend on the statistics of what it is given
+    (:mod:`eqmar.apps.mar.sliding`); the unrolled backbones normalise with batch statistics learned
+    in training and run on whole slices, as published.
+    """
+    return cfg.patch_size if cfg.backbone == "unet" else None
+
+
 def build_network(cfg: MARExperimentConfig) -> nn.Module:
     """The configured backbone, untrained."""
     from eqmar.apps.mar.model_file import build_from_spec
@@ -413,10 +424,13 @@ def _validation_evaluator(loader: Any, device: torch.device) -> Any:
     return make
 
 
-def _example_rows(dataset: Any, networks: dict[str, nn.Module], device: torch.device, count: int = 2) -> tuple[list, list]:
+def _example_rows(
+    dataset: Any, networks: dict[str, nn.Module], device: torch.device, count: int = 2, roi: int | None = None
+) -> tuple[list, list]:
     """Figure rows for ``count`` test samples spread over the data set (different images and masks)."""
     from monai.data import list_data_collate
 
+    from eqmar.apps.mar.sliding import mar_forward
     from eqmar.metrics import batch_mar_scores
 
     step = max(len(dataset) // count, 1) + 1
@@ -426,8 +440,7 @@ def _example_rows(dataset: Any, networks: dict[str, nn.Module], device: torch.de
         row = {"metal-affected": batch["ma_CT"][i], "LI": batch["LI_CT"][i]}
         with torch.no_grad():
             for name, net in networks.items():
-                out = net.eval()(batch["image"][i : i + 1].to(device))
-                row[name] = (out if isinstance(out, torch.Tensor) else out[0])[0].cpu()
+                row[name] = mar_forward(net.eval(), batch["image"][i : i + 1].to(device), roi)[0].cpu()
         row["ground truth"] = batch["gt"][i]
         caption = {}
         for name, image in row.items():
@@ -478,16 +491,17 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
-        predictor = network_predictor(network, device)
+        predictor = network_predictor(network, device, roi=roi)
         scores = {"mar": evaluate_mar(loaders["test"], predictor), "regions": region_errors(loaders["test"], predictor)}
         if "holdout" in loaders:
-            scores["holdout"] = evaluate_mar(loaders["holdout"], network_predictor(network, device))
+            scores["holdout"] = evaluate_mar(loaders["holdout"], predictor)
         return scores
 
     from eqmar.apps.mar.model_file import save_mar_model
 
     spec = mar_network_spec(cfg)
     image_size = int(loaders["test"].dataset[0]["gt"].shape[-1])
+    roi = mar_inference_roi(cfg)
     probe_net = build_network(cfg)
     layers = regularised_layers(cfg, probe_net)
     _check_regularised_layers(cfg, probe_net, layers)
@@ -503,7 +517,8 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         probe_loader=loaders["probe"],
         make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
         save_network=lambda network, path: save_mar_model(
-            path, network, spec, meta={"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size}
+            path, network, spec, meta={"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size,
+                                       **({"inference_roi": roi} if roi is not None else {})}
         ),
     )
     results = run_arms(
@@ -574,5 +589,6 @@ def _write_outputs(
     reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
     if reports:
         plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
-    rows, captions = _example_rows(test, {arm: r.network for arm, r in results.items()}, device)
+    networks = {arm: r.network for arm, r in results.items()}
+    rows, captions = _example_rows(test, networks, device, roi=mar_inference_roi(cfg))
     plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
