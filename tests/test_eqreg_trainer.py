@@ -156,7 +156,9 @@ def test_indivisible_channels_are_named_at_setup() -> None:
         EQReg(_unet(), layers=nn.Conv2d)
     conv = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1))
     with pytest.raises(ValueError, match=r"divisible by 8; these layers are not: 0 \(6 channels\)"):
-        EQReg(conv, group="D4")
+        EQReg(conv, layers=nn.Conv2d, group="D4")
+    with pytest.raises(ValueError, match=r"divisible by the order 8 of D4 \(0 \(6 channels\)\); choose layers="):
+        EQReg(conv, group="D4")  # the default selection leaves nothing
 
 
 def test_batch_without_expected_keys() -> None:

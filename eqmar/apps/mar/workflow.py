@@ -131,7 +131,7 @@ class MARExperimentConfig:
         ``CT_small.dcm`` and any ``holdout_images``) has none of it.
 
         λ = 1e-4: the published 1e-8 is set for DICDNet's features on the 0-255 scale; the UNet's
-        features live on the µ scale, where the summed Frobenius norms of its 17 regularised convs are
+        features live on the µ scale, where the summed Frobenius norms of its 18 regularised convs are
         2 000-10 000, so 1e-8 weighs 1e-5 of the task loss and does nothing. 1e-4 makes the term a
         few percent of the loss (about 0.2-1 against a loss of 8-25).
         """
