@@ -9,8 +9,6 @@ the median of the per-pair ratios.
 ``--decompose`` adds a third arm, "hooks", in which every hook runs and hands its layer's output on
 through an autograd node exactly as EQ-Reg's does, but computes no residual: its ratio is the cost of
 the hook machinery alone, and the rest of the EQ-Reg arm's overhead is the residual arithmetic.
-``--compare-torch-ops`` adds an arm that computes the residual with PyTorch operations instead of the
-fused CPU kernels (:mod:`eqmar.equivariance.fused_cpu`); both give bit-identical results.
 
 Example::
 
@@ -33,7 +31,7 @@ from torch import nn
 
 from _timing import alternate, per_round_ratios, quartiles
 import eqmar.equivariance.eqreg as eqreg_module
-from eqmar.equivariance import EQReg, convs_divisible_by, fused_cpu_kernels, pair_batch
+from eqmar.equivariance import EQReg, convs_divisible_by, pair_batch
 
 __all__ = [
     "STEP_ARMS", "TrainingSetup", "build_backbone", "mar_input", "training_setup", "train_step", "hooks_only", "main"
@@ -152,10 +150,9 @@ def train_step(setup: TrainingSetup, x: torch.Tensor, y: torch.Tensor, arm: str,
         n: rotation element of the paired arms.
     """
     eqreg = setup.eqreg
-    # hooks are switched off the clock: in training they stay registered for the whole run
-    if arm == "eqreg":
-        eqreg.register_hooks()
-    else:
+    # the aug arm must run without hooks; the eqreg arm registers them in pair() and removes them in
+    # pop_term(), as in training
+    if arm != "eqreg":
         eqreg.remove_hooks()
     start = time.perf_counter()
     setup.opt.zero_grad(set_to_none=True)
@@ -186,15 +183,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     parser.add_argument("--decompose", action="store_true", help="also time the hooks without the residual arithmetic")
-    parser.add_argument(
-        "--compare-torch-ops",
-        action="store_true",
-        help="also time EQ-Reg with PyTorch operations instead of the fused CPU kernels (CPU only)",
-    )
     args = parser.parse_args()
-    if args.compare_torch_ops and torch.device(args.device).type != "cpu":
-        parser.error("--compare-torch-ops compares the fused CPU kernels with PyTorch operations; on "
-                     f"{args.device} both arms would use PyTorch operations")
     if args.threads:
         torch.set_num_threads(args.threads)
     setup = training_setup(args.backbone, args.size, args.stages, args.device)
@@ -202,8 +191,6 @@ def main() -> None:
     arms = {arm: lambda i, arm=arm: train_step(setup, x, y, arm, 1 + i % 3) for arm in ("aug", "eqreg")}
     if args.decompose:
         arms["hooks"] = lambda i: _hooks_only_step(setup, x, y, 1 + i % 3)
-    if args.compare_torch_ops:
-        arms["torch-ops"] = lambda i: _torch_ops_step(setup, x, y, 1 + i % 3)
     times = alternate(arms, args.steps, args.warmup)
     print(f"backbone={args.backbone} batch={args.batch}+{args.batch} size={args.size} "
           f"regularised layers={len(setup.eqreg.layers)} threads={torch.get_num_threads()} device={args.device}")
@@ -213,19 +200,10 @@ def main() -> None:
     if args.decompose:
         print(f"median step with hooks only: {statistics.median(times['hooks']) * 1e3:.1f} ms")
         _print_ratio("hooks only / doubled batch without term", times["hooks"], times["aug"])
-    if args.compare_torch_ops:
-        print(f"median step with EQ-Reg in PyTorch operations: {statistics.median(times['torch-ops']) * 1e3:.1f} ms")
-        _print_ratio("EQ-Reg in PyTorch operations / doubled batch without term", times["torch-ops"], times["aug"])
-        _print_ratio("EQ-Reg with fused kernels / in PyTorch operations", times["eqreg"], times["torch-ops"])
 
 
 def _hooks_only_step(setup: TrainingSetup, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
     with hooks_only():
-        return train_step(setup, x, y, "eqreg", n)
-
-
-def _torch_ops_step(setup: TrainingSetup, x: torch.Tensor, y: torch.Tensor, n: int) -> float:
-    with fused_cpu_kernels(False):
         return train_step(setup, x, y, "eqreg", n)
 
 

@@ -177,14 +177,11 @@ def test_bench_synthesis_smoke(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_eqreg_overhead_smoke() -> None:
     completed = _run("bench_eqreg_overhead", "--backbone", "dicdnet", "--stages", "1", "--batch", "1", "--size", "32",
-                     "--steps", "1", "--warmup", "0", "--threads", "1", "--decompose", "--compare-torch-ops")
+                     "--steps", "1", "--warmup", "0", "--threads", "1", "--decompose")
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("backbone=dicdnet batch=1+1 size=32 regularised layers=")
     assert any(line.startswith("median ratio (EQ-Reg / doubled batch without term):") for line in lines)
-    assert any(line.startswith("median ratio (hooks only / doubled batch without term):") for line in lines)
-    assert any(line.startswith("median ratio (EQ-Reg in PyTorch operations / doubled batch without term):")
-               for line in lines)
-    assert lines[-1].startswith("median ratio (EQ-Reg with fused kernels / in PyTorch operations):")
+    assert lines[-1].startswith("median ratio (hooks only / doubled batch without term):")
 
 
 def test_hooks_only_arm_runs_the_hooks_without_the_residual(bench_path: Path) -> None:

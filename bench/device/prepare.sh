@@ -14,10 +14,7 @@
 #                 travels with a device call;
 #   conformance/  the SynDeepLesion conformance subset the default tests use (gt.h5, testmask.npy,
 #                 masks 3 and 7), since ../shared does not travel.
-# Everything together stays under about 50 MB; the script prints the size. numba (the fused CPU kernels
-# of the EQ-Reg term) is left out: its CPython 3.12 wheels (61 MB, llvmlite 0.50.0 + numba 0.68.1) would
-# not fit; eqmar then computes the term with PyTorch operations, and the GPU checks time CUDA, where those
-# kernels do not apply anyway.
+# Everything together stays under about 50 MB; the script prints the size.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -2,7 +2,6 @@
 
 - :mod:`~eqmar.equivariance.groups`: C2, C4, D4, C8 acting on images and orientation channels.
 - :mod:`~eqmar.equivariance.functional`: the per-layer residual.
-- :mod:`~eqmar.equivariance.fused_cpu`: its fused CPU kernels (numba), bit-identical to PyTorch's path.
 - :mod:`~eqmar.equivariance.pairing`: the paired batch ``[x ; g · x]``.
 - :mod:`~eqmar.equivariance.eqreg`: :class:`EQReg`, the handler for MONAI/Ignite trainers.
 - :mod:`~eqmar.equivariance.diagnostics`: per-layer equivariance errors and their plot.
@@ -14,7 +13,6 @@ from __future__ import annotations
 from eqmar.equivariance.diagnostics import EquivarianceReport, equivariance_report, plot_equivariance_report
 from eqmar.equivariance.eqreg import EQReg
 from eqmar.equivariance.functional import equivariance_difference, equivariance_residual
-from eqmar.equivariance.fused_cpu import fused_cpu_kernels, use_fused_cpu
 from eqmar.equivariance.gconv import GroupConv2d, GroupLiftingConv2d, GroupPool
 from eqmar.equivariance.groups import C2, C4, C8, D4, GROUPS, RotationGroup, get_group
 from eqmar.equivariance.layers import convs_divisible_by, select_layers, unwrap_network
@@ -27,8 +25,6 @@ __all__ = [
     "plot_equivariance_report",
     "equivariance_difference",
     "equivariance_residual",
-    "fused_cpu_kernels",
-    "use_fused_cpu",
     "GroupConv2d",
     "GroupLiftingConv2d",
     "GroupPool",

@@ -22,10 +22,8 @@ import math
 from typing import Literal
 
 import torch
-
 from torch.autograd.function import once_differentiable
 
-from eqmar.equivariance import fused_cpu
 from eqmar.equivariance.groups import RotationGroup, _CyclicRot90, get_group
 
 __all__ = ["equivariance_difference", "equivariance_residual", "paired_residual", "tapped_residual", "Reduction"]
@@ -171,13 +169,9 @@ class _TappedResidual(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: torch.Tensor, half: int, n: int, grp: RotationGroup):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        ctx.fused = fused_cpu.applies(features, grp)
-        if ctx.fused:
-            diff = fused_cpu.rotated_difference(features, half, n, grp)
-        else:
-            z0, z1 = _at_least_fp32(features[:half]), _at_least_fp32(features[half:])
-            diff = grp.act(z0, n).clone() if n == 0 else grp.act(z0, n)
-            _subtract_shifted(diff, z1, n, grp)
+        z0, z1 = _at_least_fp32(features[:half]), _at_least_fp32(features[half:])
+        diff = grp.act(z0, n).clone() if n == 0 else grp.act(z0, n)
+        _subtract_shifted(diff, z1, n, grp)
         norm = torch.linalg.vector_norm(diff)
         ctx.save_for_backward(diff, norm)
         ctx.half, ctx.n, ctx.grp, ctx.dtype = half, n, grp, features.dtype
@@ -195,8 +189,6 @@ class _TappedResidual(torch.autograd.Function):
         half, n, grp = ctx.half, ctx.n, ctx.grp
         # zero subgradient at a zero difference (identity steps), never NaN; no host sync on GPUs
         factor = torch.nan_to_num(grad_residual / norm, nan=0.0, posinf=0.0, neginf=0.0)
-        if ctx.fused:
-            return fused_cpu.residual_gradient(diff, grad_features, factor, n, grp), None, None, None
         out_dtype = ctx.dtype if grad_features is None else grad_features.dtype
         grad = torch.empty((2 * half, *diff.shape[1:]), dtype=out_dtype, device=diff.device)
         g0 = None if grad_features is None else grad_features[:half]
