@@ -162,3 +162,28 @@ def test_public_face_and_the_docstring_example() -> None:
     # importing eqmar alone loads no sub-package (and no torch)
     code = "import sys, eqmar; print(any(m.startswith(('eqmar.', 'torch')) for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_a_torch_compiled_network_gets_the_eager_term_and_gradients() -> None:
+    """torch.compile on CPU (inductor): the term and the gradients equal the eager network's."""
+
+    def step(compiled: bool) -> tuple[float, torch.Tensor]:
+        net = _net()
+        run = torch.compile(net) if compiled else net
+        eqreg = EQReg(run, weight=1.0)
+        x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+        terms = []
+        for _ in range(2):  # the second step reuses the compiled graph with freshly registered hooks
+            net.zero_grad()
+            out = run(eqreg.pair(x, 1))
+            term = eqreg.pop_term()
+            (out.square().mean() + term).backward()
+            terms.append(float(term))
+        assert terms[0] == pytest.approx(terms[1])
+        return terms[0], net[0].weight.grad.clone()
+
+    eager_term, eager_grad = step(False)
+    compiled_term, compiled_grad = step(True)
+    assert compiled_term == pytest.approx(eager_term, rel=1e-5)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
