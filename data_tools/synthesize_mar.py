@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     splits = ["train", "test"] if args.split == "both" else [args.split]
-    failed = 0
+    failed = complete = 0
     for split in splits:
         try:
             sources, rejected = sources_for(args, split)
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         failed += len(report.failures)
+        complete += report.images_complete
         print(
             f"{split}: {report.images_complete}/{report.images_total} images complete, "
             f"{report.files_written} files written, {report.files_kept} kept, {len(report.failures)} failed, "
@@ -165,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
         for entry in report.rejected_inputs:
             print(f"  rejected {entry['source']}: {entry['error']}")
         for failure in report.failures:
-            print(f"  skipped {failure['image_id']} ({failure['source']}): {failure['error']}")
+            # the error usually starts with the file's path already: do not print it twice
+            error = failure["error"].replace(f"{failure['source']}: ", "", 1)
+            print(f"  skipped {failure['image_id']} ({failure['source']}): {error}")
+    if not complete:
+        print(f"error: nothing was synthesized into {args.out}: every input failed (see above)", file=sys.stderr)
+        return 1
     return 1 if failed and args.deeplesion is None and args.scans is None else 0
 
 

@@ -240,3 +240,21 @@ def test_demo_families_and_the_held_out_set_share_no_anatomy(tmp_path) -> None:
     assert not (seeds[0] & seeds[2]) and not (seeds[1] & seeds[2])
     with pytest.raises(ValueError, match="phantom kinds"):
         demo_sources(2, kinds=("knee",))
+
+
+def test_cli_exits_non_zero_when_nothing_is_synthesized_and_names_a_file_given_as_scan_folder(tmp_path) -> None:
+    from PIL import Image
+
+    images = tmp_path / "Images_png" / "000001_01_01"
+    images.mkdir(parents=True)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(images / "001.png")  # 8-bit: not a DeepLesion slice
+    common = ("--split", "test", "--image-size", "64", "--views", "72", "--mask-indices", "0", "--no-progress")
+    run = _run_cli("--deeplesion", str(tmp_path), "--out", str(tmp_path / "out"), *common)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "nothing was synthesized" in run.stderr and "0/1 images complete" in run.stdout
+    skipped = next(line for line in run.stdout.splitlines() if line.startswith("  skipped"))
+    assert skipped.count("001.png") == 1, skipped  # the path once, not "X: X: ..."
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"")
+    run = _run_cli("--scans", str(scan), "--out", str(tmp_path / "out2"), *common)
+    assert run.returncode == 2 and "scan.nii.gz: is a file; --scans takes a folder" in run.stderr

@@ -518,6 +518,8 @@ def volume_sources(folder: str | Path, rejected: list[dict[str, str]] | None = N
     from eqmar.data.slices import load_ct_slices
 
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder}: is a file; --scans takes a folder of scans (put the file in a folder of its own)")
     if not folder.is_dir():
         raise FileNotFoundError(f"scan folder not found: {folder}")
     candidates = _volume_candidates(folder)
