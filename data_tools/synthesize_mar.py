@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         masks = load_mask_set(args.masks, args.seed)
     except (OSError, ValueError, KeyError) as error:
-        print(f"error: cannot load masks from {args.masks}: {error}", file=sys.stderr)
+        # the loader's messages name the file
+        print(f"error: --masks: {error}", file=sys.stderr)
         return 2
     if args.split == "both":
         if args.deeplesion is not None or args.scans is not None:

@@ -254,7 +254,7 @@ BAD_FILES = [
     BadFile("non-square .npy masks", "m.npy", _npy(np.zeros((8, 6, 2), np.uint8)), _MASKS, ValueError, "square"),
     BadFile("float 0.5 .npy masks", "m.npy", _npy(np.full((8, 8, 2), 0.5)), _MASKS, ValueError, "binary"),
     BadFile("pickled .npy masks", "m.npy", _npy(np.array([{"mask": 1}], dtype=object), allow_pickle=True),
-            _MASKS, ValueError, "not a readable .npy"),
+            _MASKS, ValueError, "holds pickled Python objects, not a mask array; not loaded$"),
     BadFile("corrupt .npy bytes", "m.npy", _write(b"\x93NUMPY garbage" * 4), _MASKS, ValueError, "not a readable .npy"),
     BadFile("zero-byte .npy", "m.npy", _write(_ZERO), _MASKS, ValueError, "not a readable .npy"),
     BadFile("corrupt .mat", "SampleMasks.mat", _write(np.random.default_rng(1).bytes(600)),

@@ -75,7 +75,9 @@ def load_masks(path: str | os.PathLike, variable: str = _MAT_VARIABLE) -> np.nda
         try:
             masks = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:  # bad magic, pickled objects, empty or truncated file
-            raise ValueError(f"{path}: not a readable .npy file: {e}") from e
+            if "pickle" in str(e):  # numpy's advice to allow pickles is not for a mask file: never loaded
+                raise ValueError(f"{path}: holds pickled Python objects, not a mask array; not loaded") from None
+            raise ValueError(f"{path}: not a readable .npy file (corrupt or truncated?): {e}") from e
     elif suffix == ".mat":
         masks = _load_mat_masks(path, variable)
     else:
