@@ -470,6 +470,8 @@ def test_cli_names_a_training_checkpoint_and_other_wrong_model_files(metal_slice
     assert f"{arm} is a folder, not a model file; the model file of a training arm is {model}" in error_of(arm)
     (tmp_path / "empty.pt").touch()
     assert "empty.pt: empty file (0 bytes)" in error_of(tmp_path / "empty.pt")
+    (tmp_path / "notes.txt").write_text("hello")  # torch.load said "KeyError: 104" / "IndexError: pop from empty list"
+    assert "notes.txt: not a PyTorch file (torch.save writes a zip archive)" in error_of(tmp_path / "notes.txt")
     # a model file whose weights belong to another backbone than its spec says
     other = save_mar_model(tmp_path / "other.pt", ACDNet(**TINY), network_spec("dicdnet", **TINY))
     assert "other.pt: weights do not match the dicdnet network: 1 key(s) missing: first_dictionary" in error_of(other)

@@ -120,6 +120,12 @@ def read_model_payload(path: Path, map_location: str | torch.device = "cpu") -> 
         ValueError: a folder, an empty file, or a file torch cannot read.
     """
     check_model_path(path)
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive ("PK"); the legacy format is a pickle (protocol byte 0x80). Anything
+    # else (a text or image file) makes torch.load fail with a meaningless KeyError or IndexError.
+    if head != b"PK" and head[:1] != b"\x80":
+        raise ValueError(f"{path}: not a PyTorch file (torch.save writes a zip archive); expected an eqmar model file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
