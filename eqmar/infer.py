@@ -308,7 +308,15 @@ def _input_kind(source: Path) -> str:
     if not source.exists():
         raise InferenceInputError(f"input not found: {source}")
     if source.is_dir():
-        return "dicom" if _holds_dicom(source) else "folder"
+        if not _holds_dicom(source):
+            return "folder"
+        others = [f.name for f in sorted(source.iterdir()) if f.is_file() and (f.suffix.lower() == ".png" or _is_nifti(f))]
+        if others:
+            raise InferenceInputError(
+                f"{source}: folder mixes DICOM files with {len(others)} PNG/NIfTI file(s) ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); put the DICOM series and the other images in separate folders"
+            )
+        return "dicom"
     if source.suffix.lower() == ".png":
         return "png"
     if _is_nifti(source):
@@ -343,6 +351,7 @@ def _run(args: argparse.Namespace) -> int:
     mask = None if args.mask is None else _load_mask(args.mask)
     engine = _load_engine(args)
     out_dir = Path(args.output)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = _Runner(engine, out_dir, args.quiet)
     try:
@@ -353,6 +362,8 @@ def _run(args: argparse.Namespace) -> int:
         runner.png(source, mask) if kind == "png" else runner.nifti(source, mask)
     finally:
         engine.close()
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves no empty output folder behind
     return 0
 
 

@@ -495,3 +495,31 @@ def test_cli_bad_device_and_unsupported_input(model_path, metal_slice, tmp_path,
     text.write_text("not an image")
     assert _run_cli(model_path, text, tmp_path / "out") == 2
     assert "notes.txt" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_folder_mixing_dicom_with_other_images_and_leaves_no_empty_output(
+    model_path, metal_slice, tmp_path, capsys
+):
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    template = get_testdata_file("CT_small.dcm", download=False)
+    if template is None:
+        pytest.skip("pydicom's CT_small.dcm test file is not installed")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(template, mixed / "a.dcm")
+    write_deeplesion_png(mixed / "b.png", metal_slice[0])
+    capsys.readouterr()
+    assert _run_cli(model_path, mixed, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "folder mixes DICOM files with 1 PNG/NIfTI file(s) (b.png)" in err and len(err.splitlines()) == 1
+    # a run that fails after the output folder was made removes it again when it stayed empty
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert _run_cli(model_path, unreadable, tmp_path / "out2") == 2
+    assert not (tmp_path / "out2").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    assert _run_cli(model_path, unreadable, tmp_path / "kept") == 2 and (tmp_path / "kept").is_dir()
