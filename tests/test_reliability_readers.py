@@ -221,7 +221,7 @@ BAD_FILES = [
     BadFile("DICOM without RescaleIntercept", "noicpt.dcm", lambda p: _dicom(p, _delete("RescaleIntercept")),
             _DICOM, ValueError, "RescaleIntercept.*HU"),
     BadFile("corrupt DICOM bytes", "corrupt.dcm", _corrupt_dicom, _DICOM, ValueError, "not a readable DICOM"),
-    BadFile("zero-byte DICOM", "empty.dcm", _write(_ZERO), _DICOM, ValueError, "not a readable DICOM"),
+    BadFile("zero-byte DICOM", "empty.dcm", _write(_ZERO), _DICOM, ValueError, r"empty.dcm: empty file \(0 bytes\), not a DICOM file$"),
     BadFile("truncated DICOM", "trunc.dcm", lambda p: _truncated(p, _dicom, keep=0.6),
             _DICOM, ValueError, "pixel data"),
     BadFile("non-square DICOM", "rect.dcm", lambda p: _dicom(p, _non_square_dicom), _SLICES, ValueError, "square"),

@@ -218,7 +218,11 @@ class CTDicomReader(PydicomReader):
         try:
             datasets = super().read(data, **kwargs)
         except InvalidDicomError as e:
-            raise ValueError(f"{data}: not a readable DICOM file: {e}") from e
+            # pydicom suggests force=True, which would read any bytes as a dataset: not advice for CT input
+            files = [f for f in ensure_tuple(data) if Path(f).is_file()]
+            if files and all(Path(f).stat().st_size == 0 for f in files):
+                raise ValueError(f"{data}: empty file (0 bytes), not a DICOM file") from None
+            raise ValueError(f"{data}: not a DICOM file (no DICM preamble or file meta header)") from e
         except Exception as e:  # a damaged header fails in pydicom with EOFError, struct.error, ...
             raise ValueError(f"{data}: not a readable DICOM file (corrupt or truncated): {e}") from e
         for ds, filename in zip(_flatten(datasets), _flatten(self.filenames)):
