@@ -310,7 +310,8 @@ def _input_kind(source: Path) -> str:
     if source.is_dir():
         if not _holds_dicom(source):
             return "folder"
-        others = [f.name for f in sorted(source.iterdir()) if f.is_file() and (f.suffix.lower() == ".png" or _is_nifti(f))]
+        others = [f.name for f in sorted(source.iterdir())
+                  if f.is_file() and (f.suffix.lower() == ".png" or _is_nifti(f))]
         if others:
             raise InferenceInputError(
                 f"{source}: folder mixes DICOM files with {len(others)} PNG/NIfTI file(s) ({', '.join(others[:3])}"
