@@ -27,6 +27,7 @@ from eqmar.apps.mar.inference import (
 )
 from eqmar.apps.mar.model_file import network_spec, save_mar_model
 from eqmar.apps.mar.writers import (
+    MAR_SERIES_NUMBER_OFFSET,
     MAR_SERIES_SUFFIX,
     axial_to_nifti,
     deeplesion_png_values,
@@ -376,7 +377,8 @@ def test_cli_dicom_series_round_trip(model_path, tmp_path):
     inputs = _ct_small_series(tmp_path / "series")
     assert _run_cli(model_path, tmp_path / "series", tmp_path / "out") == 0
     outputs = [tmp_path / "out" / "series_MAR" / p.name for p in inputs]
-    changed = {"SeriesInstanceUID", "SOPInstanceUID", "SeriesDescription", "PixelData", "DerivationDescription"}
+    changed = {"SeriesInstanceUID", "SOPInstanceUID", "SeriesDescription", "PixelData", "DerivationDescription",
+               "SeriesNumber", "ImageType"}
     series_uids, sop_uids = set(), set()
     for k, (src, dst) in enumerate(zip(inputs, outputs)):
         a, b = pydicom.dcmread(src), pydicom.dcmread(dst)
@@ -386,6 +388,10 @@ def test_cli_dicom_series_round_trip(model_path, tmp_path):
         assert b.file_meta.MediaStorageSOPInstanceUID == b.SOPInstanceUID
         assert b.SeriesDescription == "abdomen" + MAR_SERIES_SUFFIX
         assert "eqmar" in b.DerivationDescription
+        # a derived image a viewer can tell from the original: DICOM's Image Type and a new series number
+        assert list(a.ImageType)[:2] == ["ORIGINAL", "PRIMARY"] and list(b.ImageType) == ["DERIVED", "SECONDARY",
+                                                                                       *list(a.ImageType)[2:]]
+        assert int(b.SeriesNumber) == int(a.SeriesNumber) + MAR_SERIES_NUMBER_OFFSET
         for element in a:
             if element.keyword not in changed:
                 assert b[element.tag].value == element.value, element.keyword

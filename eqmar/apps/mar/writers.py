@@ -9,7 +9,10 @@ Each writer keeps what a viewer or a downstream pipeline relies on:
 * NIfTI: float32 HU with the reference image's affine and header geometry (qform/sform, zooms,
   units); the intensity scaling is reset so the stored floats are the HU.
 * DICOM: a new series (new SeriesInstanceUID, one new SOPInstanceUID per image, SeriesDescription
-  + " MAR (eqmar)") with every other element of the input preserved and pixel data stored in the
+  + " MAR (eqmar)", SeriesNumber + :data:`MAR_SERIES_NUMBER_OFFSET`, ImageType ``DERIVED\\SECONDARY``
+  followed by the input's further values, a DerivationDescription, as DICOM asks of derived images
+  so that a viewer tells them from the original) with every other element of the input preserved and
+  pixel data stored in the
   input's representation: same integer type, bits stored, RescaleSlope/RescaleIntercept, values
   clipped to the representable range. Compressed inputs are written uncompressed (Explicit VR
   Little Endian), since eqmar does not ship codecs for re-encoding.
@@ -25,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "MAR_SERIES_SUFFIX",
+    "MAR_SERIES_NUMBER_OFFSET",
     "NIFTI_SUFFIXES",
     "deeplesion_png_values",
     "write_deeplesion_png",
@@ -38,6 +42,9 @@ __all__ = [
 
 #: Appended to the SeriesDescription of corrected DICOM series.
 MAR_SERIES_SUFFIX = " MAR (eqmar)"
+
+#: Added to the input's SeriesNumber for the corrected series (a series without a number gets this one).
+MAR_SERIES_NUMBER_OFFSET = 1000
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LO_MAX_CHARS = 64  # DICOM VR LO (SeriesDescription) holds at most 64 characters
 
@@ -143,8 +150,9 @@ def mar_dicom_dataset(ds: Any, hu: np.ndarray, series_uid: str, derivation: str 
     """A copy of ``ds`` holding ``hu`` as a member of the MAR series ``series_uid``.
 
     Only the pixel data (and the Image Pixel elements that describe it), the SeriesInstanceUID,
-    the SOPInstanceUID, the SeriesDescription and the Smallest/Largest Image Pixel Value change;
-    a DerivationDescription is added.
+    the SOPInstanceUID, the SeriesDescription, the SeriesNumber, the ImageType (``DERIVED``,
+    ``SECONDARY``, then the input's values from the third on) and the Smallest/Largest Image Pixel
+    Value change; a DerivationDescription is added.
     """
     import copy
 
@@ -167,6 +175,13 @@ def mar_dicom_dataset(ds: Any, hu: np.ndarray, series_uid: str, derivation: str 
         out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     description = str(ds.get("SeriesDescription", "") or "")
     out.SeriesDescription = (description[: _LO_MAX_CHARS - len(MAR_SERIES_SUFFIX)] + MAR_SERIES_SUFFIX).strip()
+    try:
+        number = int(ds.get("SeriesNumber", 0) or 0)
+    except (TypeError, ValueError):
+        number = 0
+    out.SeriesNumber = number + MAR_SERIES_NUMBER_OFFSET
+    image_type = list(ds.get("ImageType", []) or [])
+    out.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     if derivation:
         out.DerivationDescription = derivation[:1024]  # VR ST holds at most 1024 characters
     return out
