@@ -1,4 +1,4 @@
-"""MONAI Label app for CT metal artifact reduction with an eqmar model (DICDNet + EQ-Reg).
+"""MONAI Label app for CT metal artifact reduction with an eqmar model (the reference LI-residual UNet + EQ-Reg).
 
 Start (from the repository root, after ``bash monailabel_app/setup_env.sh``)::
 
@@ -7,7 +7,7 @@ Start (from the repository root, after ``bash monailabel_app/setup_env.sh``)::
 
 Models: ``mar`` (infer, ``InferType.OTHERS``: corrected volume in HU as float32 NIfTI) and ``mar``
 (train, EQ-Reg). The model file is ``--conf model_path FILE``; by default ``model/mar.pt`` in the
-app folder, which is created from the bundle's demo weights
+app folder, which is created from the bundle's reference weights
 (``bundles/eqmar_mar/models/model.pt``) when missing. Errors caused by the request (unknown image
 id or model, unreadable upload, bad parameters) are answered with 4xx, not 500.
 """
@@ -30,7 +30,7 @@ from lib.trainers.mar import MARTrain
 
 logger = logging.getLogger(__name__)
 
-#: The bundle's demo weights, copied to ``model/mar.pt`` when the app has no model yet.
+#: The bundle's reference weights, copied to ``model/mar.pt`` when the app has no model yet.
 BUNDLE_MODEL = Path(__file__).resolve().parent.parent / "bundles" / "eqmar_mar" / "models" / "model.pt"
 
 
@@ -56,7 +56,7 @@ class MARApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="eqmar MAR",
-            description="CT metal artifact reduction: DICDNet trained with the EQ-Reg rotation-equivariance regulariser",
+            description="CT metal artifact reduction: an LI-residual UNet trained with the EQ-Reg rotation-equivariance regulariser",
             version="0.1.0",
         )
 

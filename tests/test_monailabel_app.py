@@ -36,8 +36,9 @@ pytestmark = pytest.mark.slow
 APP = ROOT / "monailabel_app"
 APP_PYTHON = APP / ".venv" / "bin" / "python"
 MODEL = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"
-SIZE = 128
-TAG = "640geo_128px160v"
+SIZE = 416
+TAG = "640geo_416px640v"  # the shipped reference model's geometry (the published 640geo)
+SCALE = SIZE / 128  # the test implants are placed on a 128 px grid
 METAL_HU = 2500.0
 STARTUP_SECONDS = 240
 
@@ -180,7 +181,10 @@ def studies(tmp_path_factory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("studies")
     (folder / "labels" / "final").mkdir(parents=True)
     volumes = {}
-    cases = {"pelvis_a": ("pelvis", 0, _disc(64, 84, 6), 1, 3), "abdomen_b": ("abdomen", 3, _disc(70, 50, 5), 0, 2)}
+    cases = {
+        "pelvis_a": ("pelvis", 0, _disc(64 * SCALE, 84 * SCALE, 6 * SCALE), 1, 3),
+        "abdomen_b": ("abdomen", 3, _disc(70 * SCALE, 50 * SCALE, 5 * SCALE), 0, 2),
+    }
     with SynDeepLesionSimulator(model_geometry({"geometry_tag": TAG}), device="cpu") as sim:
         for name, (kind, seed, disc, metal_slice, count) in cases.items():
             image = sim.prepare_image(phantom_slice(kind, seed=seed, size=SIZE))

@@ -86,7 +86,7 @@ class MARInfer(BasicInferTask):
         metal_threshold_hu: float = DEFAULT_METAL_THRESHOLD_HU,
         trace_model: str = "line",
         li_projector: str = "auto",
-        description: str = "CT metal artifact reduction (eqmar DICDNet + EQ-Reg); returns the corrected volume in HU",
+        description: str = "CT metal artifact reduction (eqmar LI-residual UNet + EQ-Reg); returns the corrected volume in HU",
         **kwargs: Any,
     ) -> None:
         config = {"metal_threshold_hu": float(metal_threshold_hu), "trace_model": trace_model, "li_projector": li_projector}
