@@ -25,8 +25,11 @@ from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU
 from eqmar.apps.mar.transforms import MARInputsd
 from eqmar.equivariance import EQReg
 from eqmar.losses import MARLoss
-from eqmar.networks import proximal_conv_names
+from eqmar.networks import proximal_conv_names, proximal_net_names
 from lib.infers.mar import ct_load_transforms
+
+#: EQ-Reg weight of the shipped UNet (its features are on the µ scale; see eqmar's MAR demo configuration).
+DEFAULT_EQREG_WEIGHT = 1e-4
 from lib.transforms import RandMARSliced
 
 __all__ = ["MARTrain"]
@@ -65,7 +68,7 @@ class MARTrain(BasicTrainTask):
             "val_split": 0.0,
             "patch_size": 64,
             "learning_rate": 2e-4,
-            "eqreg_weight": 1e-8,
+            "eqreg_weight": DEFAULT_EQREG_WEIGHT,
             "eqreg_group": "C4",
             "metal_threshold_hu": DEFAULT_METAL_THRESHOLD_HU,
             "li_projector": "auto",
@@ -137,9 +140,12 @@ class MARTrain(BasicTrainTask):
         group = str(context.request.get("eqreg_group", "C4"))
         self._eqreg = EQReg(
             context.network,
-            layers=proximal_conv_names(context.network, which=("x_net", "m_net")),
+            # unrolled networks: their proximal nets, as published; others (the shipped UNet): every
+            # conv whose width fits the group (EQReg's default)
+            layers=proximal_conv_names(context.network, which=("x_net", "m_net"))
+            if proximal_net_names(context.network) else None,
             group=group,
-            weight=float(context.request.get("eqreg_weight", 1e-8)),
+            weight=float(context.request.get("eqreg_weight", DEFAULT_EQREG_WEIGHT)),
             image_keys=("image", "label"),
         )
         handlers: list[Any] = [self._eqreg]
@@ -153,7 +159,7 @@ class MARTrain(BasicTrainTask):
                     self._model_path, context.network, self._spec or {}, self._meta.get("geometry_tag", "640geo"),
                     image_size=self._meta.get("image_size"),
                     meta={**{k: v for k, v in self._meta.items() if k not in ("geometry_tag", "image_size", "iterations")},
-                          "group": group, "weight": float(context.request.get("eqreg_weight", 1e-8))},
+                          "group": group, "weight": float(context.request.get("eqreg_weight", DEFAULT_EQREG_WEIGHT))},
                 )
             )
         if context.evaluator:
