@@ -162,7 +162,6 @@ class MARExperimentConfig:
         )
         return replace(base, **overrides)
 
-
     @classmethod
     def reference_default(cls, **overrides: Any) -> MARExperimentConfig:
         """The reference model: one EQ-Reg LI-residual UNet at the full 640geo geometry (416 px, 640 views).
@@ -188,6 +187,7 @@ class MARExperimentConfig:
                   "test_images": 4, "seed": 0, "kinds": DEMO_PHANTOMS, "holdout": 0},
         )
         return replace(base, **overrides)
+
 
 def _check_mask_indices(train_masks: Sequence[int], val_masks: Sequence[int]) -> None:
     """Mask indices must be >= 0, and validation masks must not be trained on.
@@ -306,28 +306,39 @@ def _check_regularised_layers(cfg: MARExperimentConfig, network: nn.Module, laye
         check_channel_divisibility(select_layers(network, layers), cfg.group)
 
 
+def _files_digest(files: Sequence[str]) -> str:
+    """A short digest of a file list: data made with other extra files gets a folder of its own."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()[:10]
+
+
+def _demo_synthesis(demo: dict[str, Any]) -> Any:
+    """The :class:`~eqmar.data.synthesis.SynthesisConfig` of the built-in data (640geo at the demo's size)."""
+    from eqmar.data.synthesis import SynthesisConfig
+
+    return SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
+
+
+def _raise_on_failure(report: Any, what: str) -> None:
+    """Built-in data must be complete: the first failed image, named, as a user error."""
+    if report.failures:
+        first = report.failures[0]
+        raise ValueError(f"{what} image {first['source']}: {first['error']}")
+
+
 def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
     """Synthesize the demo set if its files are not all there yet; return (root, geometry tag).
 
     ``cfg.train_image_files`` are added to the training split (never to the test split).
     """
-    import hashlib
-
     from eqmar.ct.masks import generate_mask_set
-    from eqmar.data.synthesis import (
-        DEMO_PHANTOMS,
-        SynthesisConfig,
-        demo_sources,
-        file_sources,
-        select_split_masks,
-        synthesize_dataset,
-    )
+    from eqmar.data.synthesis import DEMO_PHANTOMS, demo_sources, file_sources, select_split_masks, synthesize_dataset
 
     demo = cfg.demo
     files = [str(Path(p).resolve()) for p in cfg.train_image_files]
-    # other training files make another data set: a folder of its own instead of a mixed one
-    root = Path(demo["cache"] + ("_" + hashlib.sha256("\n".join(files).encode()).hexdigest()[:10] if files else ""))
-    synth = SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
+    root = Path(demo["cache"] + (f"_{_files_digest(files)}" if files else ""))
+    synth = _demo_synthesis(demo)
     masks = generate_mask_set(seed=demo["seed"])
     for split, count in (("train", demo["train_images"]), ("test", demo["test_images"])):
         split_masks = select_split_masks(masks, split)
@@ -336,9 +347,7 @@ def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
         if split == "train":
             sources += file_sources(files)
         report = synthesize_dataset(sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.progress)
-        if report.failures:
-            first = report.failures[0]
-            raise ValueError(f"{split} image {first['source']}: {first['error']}")
+        _raise_on_failure(report, split)
     return root, synth.resolve_tag()
 
 
@@ -351,24 +360,18 @@ def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
     with the ten test masks, at the demo geometry. Its folder name carries a digest of the extra
     files, so adding one makes a new set instead of mixing two.
     """
-    import hashlib
-
     from eqmar.ct.masks import generate_mask_set
-    from eqmar.data.synthesis import HOLDOUT_PHANTOMS, SynthesisConfig, holdout_sources, select_split_masks, synthesize_dataset
+    from eqmar.data.synthesis import HOLDOUT_PHANTOMS, holdout_sources, select_split_masks, synthesize_dataset
 
     demo = cfg.demo
     if cfg.data is not None or not demo.get("holdout"):
         return None
     files = [str(Path(p).resolve()) for p in cfg.holdout_images]
-    name = "holdout" if not files else "holdout_" + hashlib.sha256("\n".join(files).encode()).hexdigest()[:10]
-    root = Path(demo["cache"]) / name
-    synth = SynthesisConfig(geometry="640geo", image_size=demo["image_size"], num_views=demo["views"], seed=demo["seed"])
+    root = Path(demo["cache"]) / ("holdout" + (f"_{_files_digest(files)}" if files else ""))
+    synth = _demo_synthesis(demo)
     masks = select_split_masks(generate_mask_set(seed=demo["seed"]), "test")
     sources = holdout_sources(demo["holdout"], demo["seed"], demo.get("holdout_kinds", HOLDOUT_PHANTOMS), files)
-    report = synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.progress)
-    if report.failures:
-        first = report.failures[0]
-        raise ValueError(f"held-out image {first['source']}: {first['error']}")
+    _raise_on_failure(synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.progress), "held-out")
     return root, synth.resolve_tag()
 
 
@@ -492,7 +495,10 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
         predictor = network_predictor(network, device, roi=roi)
-        scores = {"mar": evaluate_mar(loaders["test"], predictor), "regions": region_errors(loaders["test"], predictor)}
+        # one forward pass over the test set serves both the metric and the region errors
+        predicted = [{**batch, "pred": predictor(batch)} for batch in loaders["test"]]
+        scores = {"mar": evaluate_mar(predicted, input_predictor("pred")),
+                  "regions": region_errors(predicted, input_predictor("pred"))}
         if "holdout" in loaders:
             scores["holdout"] = evaluate_mar(loaders["holdout"], predictor)
         return scores
