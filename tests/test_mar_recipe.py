@@ -151,3 +151,29 @@ def test_mask_indices_beyond_the_mask_file_name_it(tmp_path, capsys) -> None:
     assert _recipe_main()([*argv, "--train-masks", "2-5", "--val-masks", "none"]) == 2
     err = capsys.readouterr().err
     assert "mask_indices [4, 5] outside the 4 masks of" in err and "trainmask.npy" in err, err
+
+
+def test_held_out_set_and_region_errors_are_part_of_the_output(tmp_path) -> None:
+    """The demo scores a held-out set (CT_small, head phantoms, --holdout-image files) and per-region errors."""
+    import h5py
+
+    from eqmar.ct.physics import hu_to_mu
+    from eqmar.ct.phantoms import phantom_slice
+
+    extra = tmp_path / "gt.h5"
+    with h5py.File(extra, "w") as f:
+        f["image"] = hu_to_mu(phantom_slice("abdomen", seed=9, size=64))
+    cfg = _tiny(tmp_path, arms=("eqreg",), holdout_images=(extra,))
+    cfg.demo.update(holdout=1, holdout_kinds=("head",))
+    results = run_mar_experiment(cfg)
+    arm = results["arms"]["eqreg"]
+    assert arm["holdout_metrics"]["average"]["n"] == 30  # CT_small, 1 head phantom, the extra file x 10 masks
+    assert set(arm["region_errors"]) >= {"far soft tissue/air (> 20 px)", "metal edge (≤ 2 px)"}
+    assert "LI" in results["holdout_baselines"] and "li_region_errors" in results
+    table = results["table"]
+    assert "Held-out set (anatomy the demo never trains on: ct_small_000001/001, file_00_gt/000, phantom_head/000)" in table
+    assert "Mean signed error / RMSE (HU) by distance from the metal, test set:" in table
+    net, payload = load_mar_model(tmp_path / "run" / "eqreg" / "model.pt")
+    assert payload["meta"]["inference_roi"] == 32  # the UNet is run on patches of its training size
+    with pytest.raises(ValueError, match="holdout_images \\(--holdout-image\\): not found"):
+        _tiny(tmp_path, holdout_images=(tmp_path / "missing.h5",))
