@@ -1,8 +1,83 @@
-"""Small helpers shared by eqmar's command-line tools."""
+"""Small helpers shared across eqmar: optional dependencies and the command-line tools' parsing."""
 
 from __future__ import annotations
 
-__all__ = ["parse_index_ranges"]
+import importlib
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["EXTRAS", "MissingExtraError", "atomic_write", "optional_import", "parse_index_ranges", "require_extra"]
+
+#: The ``pip install eqmar[<extra>]`` that brings each optional package (import name -> extra).
+#: ``pip install eqmar`` itself needs torch, numpy, MONAI and Ignite only (EQ-Reg and the networks).
+EXTRAS = {
+    "astra": "ct", "odl": "ct", "xraydb": "ct", "spekpy": "ct", "h5py": "ct", "scipy": "ct",
+    "nibabel": "io", "pydicom": "io", "PIL": "io",
+    "tqdm": "apps", "matplotlib": "apps", "skimage": "apps", "sklearn": "apps", "yaml": "apps", "tensorboard": "apps",
+}
+#: Distribution names where they differ from the import name.
+_DISTRIBUTIONS = {"astra": "astra-toolbox", "PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn",
+                  "yaml": "pyyaml"}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the ``eqmar[...]`` extra that brings it."""
+
+
+def _message(feature: str, module: str, extra: str) -> str:
+    package = _DISTRIBUTIONS.get(module, module)
+    return f"{feature} needs {package}, which is not installed: pip install 'eqmar[{extra}]'"
+
+
+def _missing(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is None  # None marks a module blocked from import
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def require_extra(feature: str, *modules: str, extra: str | None = None) -> None:
+    """Fail at import time, naming the extra, when a module's optional dependencies are missing.
+
+    Only looks the packages up (no import), so modules that call it at their top stay cheap to import.
+
+    Args:
+        feature: what needs them, usually the calling module's ``__name__``.
+        modules: top-level import names (``"astra"``, ``"PIL"``...).
+        extra: the extra to name (default: the one :data:`EXTRAS` lists for each module).
+
+    Raises:
+        MissingExtraError: the first missing module, e.g. ``eqmar.ct.projector needs astra-toolbox,
+            which is not installed: pip install 'eqmar[ct]'``.
+    """
+    for module in modules:
+        if _missing(module):
+            raise MissingExtraError(_message(feature, module, extra or EXTRAS.get(module, "all")))
+
+
+def optional_import(module: str, feature: str, extra: str | None = None) -> ModuleType:
+    """Import ``module`` (e.g. ``"matplotlib.pyplot"``) for ``feature``, or raise naming the extra.
+
+    For optional parts of modules that work without the package (a figure of an otherwise core
+    function, a progress bar).
+
+    Raises:
+        MissingExtraError: the package is not installed.
+    """
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name.split(".")[0] != top:
+            raise  # the package is there but one of its own dependencies is not: let its error speak
+        raise MissingExtraError(_message(feature, top, extra or EXTRAS.get(top, "all"))) from error
 
 
 def parse_index_ranges(text: str | None) -> list[int] | None:
@@ -28,3 +103,34 @@ def parse_index_ranges(text: str | None) -> list[int] | None:
         except ValueError:
             raise ValueError(f"cannot read index range {part!r} in {text!r} (expected e.g. 0-79 or 0,3,5-7)") from None
     return indices
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary file lives in the same folder so that :func:`os.replace` is an atomic rename on
+    POSIX and Windows. On any error the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: final file path; missing parent folders are created.
+        write: callable that writes the complete file at the path it is given.
+
+    Returns:
+        The final path.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name rather than tempfile.mkstemp: mkstemp files are mode 0600, and the rename
+    # would carry that into a data set meant to be shared.
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(tmp)
+        # flushed to disk before the rename: after a power loss a resumed run keeps every file it
+        # finds, so a renamed file must never be a truncated one
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

@@ -6,9 +6,10 @@
 #
 # Why a separate environment: MONAI Label 0.8.5 needs numpy < 2 (and pydicom < 3), while eqmar's
 # simulation stack (ODL 1.0) needs numpy >= 2.3. This environment holds MONAI Label 0.8.5 and its
-# runtime dependencies (requirements.txt, pinned), plus eqmar installed editable WITHOUT its
-# dependencies: the app uses eqmar's networks, EQ-Reg, model files and MAR inference, never ODL or
-# ASTRA, and computes the LI input with eqmar's PyTorch parallel-beam fallback.
+# runtime dependencies (requirements.txt, pinned), plus eqmar installed editable with its "infer"
+# extra through pip's resolver: the app uses eqmar's networks, EQ-Reg, model files and MAR
+# inference, never the simulator's "ct" extra (ODL, ASTRA), and computes the LI input with eqmar's
+# PyTorch parallel-beam fallback.
 #
 # Environment variables:
 #   PYTHON                 interpreter to build the venv from (default python3; 3.10 or 3.11, since
@@ -58,8 +59,13 @@ else
     "${pip[@]}" -r "$here/requirements.txt"
 fi
 
-echo "== monailabel 0.8.5 and eqmar (editable), without their dependency lists"
-"${pip[@]}" --no-deps "monailabel==0.8.5" -e "$root"
+echo "== monailabel 0.8.5, without its dependency list (it would pull numpy<2 packages we pin above and sam2)"
+"${pip[@]}" --no-deps "monailabel==0.8.5"
+# eqmar's core (torch, numpy>=1.26, MONAI, Ignite) and its "infer" extra (DICOM/NIfTI/PNG, scipy,
+# tqdm) are all satisfied by the pins above; pip's resolver checks that and fails loudly if not.
+echo "== eqmar (editable) with the extra the app needs: eqmar[infer]"
+"${pip[@]}" -e "$root[infer]"
+"$venv/bin/python" -m pip check --disable-pip-version-check 2>&1 | grep -i "^eqmar" && exit 1 || true
 
 echo "== checking the app's imports (no simulation stack allowed)"
 (cd "$here" && MONAI_LABEL_TRACKING_ENABLED=false "$venv/bin/python" - <<'EOF'

@@ -84,7 +84,7 @@ def ensure_environment() -> Path:
     requirement = _torch_requirement()
     if requirement is not None and not _torch_installed():
         _pip("-q", requirement)
-    _pip("-q", "-e", f"{ROOT}[test]")
+    _pip("-q", "-e", f"{ROOT}[test,all]")
     STAMP.write_text(fingerprint + "\n")
     return _venv_python()
 

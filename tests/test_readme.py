@@ -31,4 +31,5 @@ def test_use_eqreg_on_your_own_network_snippet_runs(tmp_path) -> None:
     script.write_text(snippet)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "last EQ-Reg term:" in result.stdout and "mean relative layer error" in result.stdout
+    terms = [float(v) for v in re.findall(r"[-\d.]+", result.stdout.split("EQ-Reg term per step:")[1].splitlines()[0])]
+    assert len(terms) == 4 and max(terms) > 0  # 2 epochs x 2 steps; the regulariser is active and "mean relative layer error" in result.stdout

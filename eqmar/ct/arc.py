@@ -29,6 +29,9 @@ import numpy as np
 
 from eqmar.ct.backprojection import fan_view_frames
 from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy")
 
 __all__ = ["arc_fan_angles", "arc_ray_directions", "arc_astra_vectors", "arc_ramp_kernel", "ArcRampFilter"]
 

@@ -28,6 +28,9 @@ from typing import Any
 import numpy as np
 
 from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy")
 
 __all__ = [
     "PixelDrivenBackprojector",

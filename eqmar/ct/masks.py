@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "PIL", "scipy", extra="ct")
+
 __all__ = [
     "MASK_KINDS",
     "MASK_SET_SIZE",

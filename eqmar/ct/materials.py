@@ -92,8 +92,9 @@ def mass_attenuation(material: str, energies_kev: np.ndarray | float) -> np.ndar
     Raises:
         ValueError: for an unknown material or invalid energies.
     """
-    import xraydb
+    from eqmar.utils import optional_import
 
+    xraydb = optional_import("xraydb", "eqmar.ct.materials (attenuation tables)")
     energies_ev = _energies_ev(energies_kev)
     key = material.strip().lower() if isinstance(material, str) else material
     if key in _WATER_ALIASES:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from eqmar.ct.materials import METAL_DENSITIES, REFERENCE_ENERGY_KEV, mass_attenuation, metal_symbol
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy")
 
 __all__ = [
     "PARTIAL_VOLUME_EROSION_BINS",

@@ -14,6 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy")
+
 __all__ = ["PHANTOM_KINDS", "TISSUES", "TISSUE_HU", "demo_ct_slices", "phantom_slice"]
 
 # Mean HU range of each tissue; a structure's mean HU is drawn uniformly from its range.

@@ -13,6 +13,9 @@ import numpy as np
 
 from eqmar.ct.materials import REFERENCE_ENERGY_KEV, attenuation_ratios, mass_attenuation
 from eqmar.ct.spectrum import Spectrum, load_spectrum
+from eqmar.utils import require_extra
+
+require_extra(__name__, "PIL", extra="ct")
 
 __all__ = [
     "MU_WATER",

@@ -53,6 +53,9 @@ from eqmar.ct.arc import ArcRampFilter, arc_astra_vectors
 from eqmar.ct.backprojection import PixelDrivenBackprojector, rotation_quarters
 from eqmar.ct.geometry import FanBeamGeometry
 from eqmar.ct.joseph import JosephForwardProjector
+from eqmar.utils import require_extra
+
+require_extra(__name__, "astra")
 
 __all__ = ["Projector", "resolve_device", "astra_cuda_available", "odl_ray_transform"]
 

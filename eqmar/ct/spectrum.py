@@ -99,8 +99,9 @@ def spekpy_spectrum(
         al_filtration_mm: added aluminium filtration.
         energy_range_kev: keep bins in this closed range.
     """
-    import spekpy
+    from eqmar.utils import optional_import
 
+    spekpy = optional_import("spekpy", "eqmar.ct.spectrum (X-ray spectra)")
     spek = spekpy.Spek(kvp=kvp, th=anode_angle_deg, dk=1.0)
     spek.filter("Al", al_filtration_mm)
     energies, fluence = spek.get_spectrum()

@@ -20,6 +20,10 @@ import numpy as np
 from monai.data import NibabelReader, PILReader, PydicomReader
 from monai.utils import ensure_tuple
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "PIL", "pydicom", "nibabel")
+
 __all__ = [
     "DEEPLESION_HU_OFFSET",
     "CTDicomReader",

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "pydicom", "nibabel", "PIL")
+
 __all__ = ["load_ct_slices", "select_axial_slices"]
 
 BODY_THRESHOLD_HU = -500.0

@@ -17,20 +17,22 @@ a truncated ``.h5`` behind (a half-written HDF5 file would otherwise fail only w
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from eqmar.utils import atomic_write, require_extra
+
+require_extra(__name__, "h5py")
+
 __all__ = [
     "CLEAN_KEYS",
     "DEFAULT_GEOMETRY",
     "PAIR_KEYS",
     "SynDeepLesionLayout",
-    "atomic_write",
     "deeplesion_image_id",
     "read_clean",
     "read_pair",
@@ -44,37 +46,6 @@ PAIR_KEYS: tuple[str, ...] = ("ma_CT", "LI_CT", "ma_sinogram", "LI_sinogram", "m
 _GT_FILENAME = "gt.h5"
 # gzip level 4 is h5py's default for compression="gzip" and the level of the published files.
 _GZIP_LEVEL = 4
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it to ``path``.
-
-    The temporary file lives in the same folder so that :func:`os.replace` is an atomic rename on
-    POSIX and Windows. On any error the temporary file is removed and ``path`` is left untouched.
-
-    Args:
-        path: final file path; missing parent folders are created.
-        write: callable that writes the complete file at the path it is given.
-
-    Returns:
-        The final path.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name rather than tempfile.mkstemp: mkstemp files are mode 0600, and the rename
-    # would carry that into a data set meant to be shared.
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        write(tmp)
-        # flushed to disk before the rename: after a power loss a resumed run keeps every file it
-        # finds, so a renamed file must never be a truncated one
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _as_2d(name: str, value: Any, dtype: type) -> np.ndarray:

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 from eqmar.data.syndeeplesion import SynDeepLesionLayout, write_clean, write_pair
+from eqmar.utils import require_extra
+
+require_extra(__name__, "h5py", "scipy")
 
 __all__ = [
     "ImageSource",
@@ -275,7 +278,7 @@ def _complete_ids(layout: SynDeepLesionLayout, image_ids: Iterable[str], mask_in
 
 
 def _write_masks(layout: SynDeepLesionLayout, masks: np.ndarray) -> None:
-    from eqmar.data.syndeeplesion import atomic_write
+    from eqmar.utils import atomic_write
 
     stored = np.ascontiguousarray(masks, dtype=np.uint8)
     if layout.mask_file.is_file():
@@ -303,7 +306,7 @@ def _write_settings(layout: SynDeepLesionLayout, config: SynthesisConfig) -> Non
     Resuming keeps every file that exists; without this check a re-run with another metal or seed
     would silently mix old and new files.
     """
-    from eqmar.data.syndeeplesion import atomic_write
+    from eqmar.utils import atomic_write
 
     settings = json.loads(json.dumps(_simulation_settings(config)))
     path = layout.settings_file

@@ -205,7 +205,7 @@ def _save_weights(task: TaskSpec, network: nn.Module, arm_dir: Path | None) -> P
         if task.save_network is not None:
             task.save_network(network, weights)
         else:
-            from eqmar.data.syndeeplesion import atomic_write
+            from eqmar.utils import atomic_write
 
             atomic_write(weights, lambda tmp: torch.save(network.state_dict(), tmp))
     barrier()

@@ -304,7 +304,7 @@ def write_results(
     out = Path(output_dir)
     if not is_main_process():
         return out / f"{stem}.json", out / f"{stem}.md"
-    from eqmar.data.syndeeplesion import atomic_write
+    from eqmar.utils import atomic_write
 
     json_text = json.dumps(payload, indent=2, default=_json_default)
     md_text = "\n\n".join(tables) + "\n"
@@ -360,9 +360,9 @@ def plot_image_grid(
     """
     if not is_main_process():
         return Path(path)
-    import matplotlib
+    from eqmar.utils import optional_import
 
-    matplotlib.use("Agg", force=False)
+    optional_import("matplotlib", "plot_image_grid").use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     if not rows:

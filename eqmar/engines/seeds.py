@@ -78,8 +78,9 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     if n == 1:
         low, high = -math.inf, math.inf
     else:
-        from scipy.stats import t
+        from eqmar.utils import optional_import
 
+        t = optional_import("scipy.stats", "confidence intervals over seeds", extra="apps").t
         half = float(t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
         low, high = mean - half, mean + half
     return PairedDifference(mean, sd, low, high, n, sum(d > 0 for d in diffs), confidence)

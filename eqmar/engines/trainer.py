@@ -125,6 +125,10 @@ def build_trainer(
     if output_dir is not None and tensorboard and main:
         from monai.handlers import TensorBoardStatsHandler
 
+        from eqmar.utils import require_extra
+
+        require_extra("build_trainer(tensorboard=True)", "tensorboard")
+
         handlers.append(
             TensorBoardStatsHandler(log_dir=str(Path(output_dir) / "tensorboard"), output_transform=loss_terms)
         )

@@ -219,9 +219,9 @@ def plot_equivariance_report(
         path: output PNG path (parent folders are created).
         title: figure title.
     """
-    import matplotlib
+    from eqmar.utils import optional_import
 
-    matplotlib.use("Agg", force=False)
+    optional_import("matplotlib", "plot_equivariance_report").use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     named = {"network": reports} if isinstance(reports, EquivarianceReport) else dict(reports)

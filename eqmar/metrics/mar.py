@@ -88,10 +88,10 @@ def _matplotlib_gray_levels() -> np.ndarray:
 
     Its byte conversion truncates ``lut·255``, so a few of the 256 levels land one step low.
     """
-    try:
-        from matplotlib import colormaps
-    except ImportError as error:
-        raise ImportError("png_autoscale=True needs matplotlib (it reproduces matplotlib's PNG export)") from error
+    from eqmar.utils import optional_import
+
+    # png_autoscale=True reproduces matplotlib's PNG export
+    colormaps = optional_import("matplotlib", "png_autoscale=True").colormaps
     levels = colormaps["gray"](np.arange(QUANTIZATION_LEVELS), bytes=True)[:, 0]
     return levels.astype(np.float64) / (QUANTIZATION_LEVELS - 1)
 

@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "sklearn")
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSet",

@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "matplotlib")
+
 __all__ = ["plot_accuracy_curves"]
 
 

@@ -24,6 +24,10 @@ import numpy as np
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureTyped, LoadImaged, ScaleIntensityRanged
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "PIL", extra="apps")
+
 __all__ = [
     "RAIN_DIR",
     "CLEAN_DIR",

@@ -20,6 +20,10 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy", extra="apps")
+
 __all__ = ["RainParameters", "line_kernel", "rain_streak_layer", "blend_rain", "RandRainStreaks", "RandRainStreaksd"]
 
 BLEND_MODES = ("screen", "add")

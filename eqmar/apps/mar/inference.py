@@ -54,6 +54,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "scipy", "tqdm", extra="infer")
+
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_METAL_THRESHOLD_HU",

@@ -59,7 +59,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 def save_mar_model(path: str | Path, network: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
     """Write weights and network spec to ``path`` (via a temporary file: a kill never leaves half a model)."""
-    from eqmar.data.syndeeplesion import atomic_write
+    from eqmar.utils import atomic_write
 
     payload = {"format": MODEL_FORMAT, "network": spec, "state_dict": network.state_dict(), "meta": meta or {}}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -27,6 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "skimage", "PIL", extra="apps")
+
 __all__ = [
     "NATURAL_IMAGES",
     "DEFAULT_SPLIT",
