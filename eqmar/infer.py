@@ -39,6 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from eqmar.utils import require_extra
+
+require_extra(__name__, "nibabel", "pydicom", "PIL", "scipy", "tqdm", extra="infer")
+
 __all__ = ["build_parser", "main", "InferenceInputError"]
 
 _PROG = "python -m eqmar.infer"
@@ -150,6 +154,9 @@ class _Runner:
             print(message)
 
     def _correct(self, volume: np.ndarray, mask: np.ndarray | None, name: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        from eqmar.data.ct_input import check_ct_hu
+
+        check_ct_hu(volume, name)  # the check of the bundle and the MONAI Label app: CT in HU, or a one-line error
         # the "no metal" warning is reported in the per-file line instead of as a Python warning
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)

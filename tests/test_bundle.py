@@ -168,27 +168,30 @@ def test_dicom_series_inference(tmp_path, demo_model, artifact_slices):
     assert after < 0.85 * before
 
 
-def _messages(error: BaseException | None) -> str:
-    """The messages of an exception and its causes (MONAI wraps errors of config expressions)."""
-    parts = []
-    while error is not None:
-        parts.append(f"{type(error).__name__}: {error}")
-        error = error.__cause__ or error.__context__
-    return "\n".join(parts)
+def _bundle_error(capsys, **override: object) -> str:
+    """Run the bundle on a bad input: it exits with status 2; return its one ``error:`` line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        _run_bundle(**override)
+    assert stopped.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
-def test_bad_inputs_name_the_problem(tmp_path, demo_model):
-    with pytest.raises(Exception) as no_input:
-        _run_bundle(output_dir=str(tmp_path / "out"))
-    assert "ValueError: no input: pass --input" in _messages(no_input.value)
+def test_bad_inputs_name_the_problem(tmp_path, demo_model, capsys):
+    from pydicom.data import get_testdata_file
+
+    out = str(tmp_path / "out")
+    assert "error: no input: pass --input" in _bundle_error(capsys, output_dir=out)
     missing = tmp_path / "missing.nii.gz"
-    with pytest.raises(Exception) as not_found:
-        _run_bundle(input=str(missing), output_dir=str(tmp_path / "out"))
-    assert f"FileNotFoundError: input not found: {missing}" in _messages(not_found.value)
+    assert _bundle_error(capsys, input=str(missing), output_dir=out) == f"error: input not found: {missing}"
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
-    with pytest.raises(Exception) as broken:
-        _run_bundle(input=str(tmp_path / "broken.nii.gz"), output_dir=str(tmp_path / "out"))
-    assert "broken.nii.gz" in _messages(broken.value)
+    line = _bundle_error(capsys, input=str(tmp_path / "broken.nii.gz"), output_dir=out)
+    assert line.startswith(f"error: {tmp_path / 'broken.nii.gz'}: cannot read it as a CT image (nifti)")
+    mr = get_testdata_file("MR_small.dcm", download=False)
+    assert "Modality is 'MR'" in _bundle_error(capsys, input=mr, output_dir=out)  # the CLI refuses it too
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     with pytest.raises(FileNotFoundError, match="missing"):
         bundle_datalist(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -204,6 +207,52 @@ def test_bad_inputs_name_the_problem(tmp_path, demo_model):
         load_mar_weights(network, wrong)
     with pytest.raises(FileNotFoundError, match="recipe"):
         load_mar_weights(network, tmp_path / "nothing.pt")
+
+
+def test_nifti_output_keeps_the_input_header(tmp_path, demo_model, artifact_slices):
+    """qform/sform codes and units as in the input (``python -m eqmar.infer`` keeps them too)."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(artifact_slices["artifact"][:, :, None].astype(np.int16), np.diag([0.7, 0.7, 3.0, 1.0]))
+    image.set_qform(image.affine, code=2)
+    image.set_sform(image.affine, code=0)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, str(tmp_path / "scan.nii.gz"))
+    _run_bundle(input=str(tmp_path / "scan.nii.gz"), output_dir=str(tmp_path / "out"), trace_model="line")
+    written = nib.load(str(tmp_path / "out" / "scan_mar.nii.gz"))
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (2, 0)
+    assert written.header.get_xyzt_units() == image.header.get_xyzt_units()
+    assert written.get_data_dtype() == np.float32 and written.shape == image.shape
+    np.testing.assert_allclose(written.affine, nib.load(str(tmp_path / "scan.nii.gz")).affine)
+
+
+@pytest.mark.parametrize("case", ["missing", "mr"])
+def test_bundle_command_line_starts_its_error_output_with_one_clear_line(tmp_path, demo_model, case):
+    """``python -m monai.bundle run`` in a subprocess: status 2, one ``error:`` line naming the input, no traceback."""
+    pytest.importorskip("fire", reason="python -m monai.bundle needs fire (in eqmar's apps extra)")
+    from pydicom.data import get_testdata_file
+
+    source = str(tmp_path / "missing.nii.gz") if case == "missing" else get_testdata_file("MR_small.dcm", download=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.yaml"),
+         "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE), "--input", source,
+         "--output_dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert run.returncode == 2 and len(errors) == 1 and source in errors[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr and "unable to load" not in run.stderr
+
+
+def test_dicom_series_is_read_by_one_reader(tmp_path, demo_model, artifact_slices, caplog):
+    """No "CTNiftiReader: unable to load" noise: the input's kind picks eqmar's one reader for it."""
+    import logging
+
+    _write_dicom_series(tmp_path / "series", [artifact_slices["clean"]])
+    with caplog.at_level(logging.DEBUG):
+        _run_bundle(input=str(tmp_path / "series"), output_dir=str(tmp_path / "out"), trace_model="line")
+    assert not [r for r in caplog.records if "unable to load" in r.getMessage()]
+    assert (tmp_path / "out" / "series_mar.nii.gz").is_file()
 
 
 def test_verify_net_in_out():

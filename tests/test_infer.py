@@ -529,3 +529,69 @@ def test_cli_refuses_a_folder_mixing_dicom_with_other_images_and_leaves_no_empty
     assert not (tmp_path / "out2").exists()
     (tmp_path / "kept").mkdir()  # a folder the user made stays
     assert _run_cli(model_path, unreadable, tmp_path / "kept") == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_cli_keeps_an_rle_lossless_input_compressed(model_path, tmp_path):
+    """RLE Lossless in, RLE Lossless out (pydicom encodes it natively); the pixels decode to the corrected HU."""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless
+
+    inputs = _ct_small_series(tmp_path / "plain", count=1, metal_index=0)
+    compressed = pydicom.dcmread(inputs[0])
+    compressed.compress(RLELossless)
+    (tmp_path / "rle").mkdir()
+    compressed.save_as(tmp_path / "rle" / "IM0000.dcm")
+    assert _run_cli(model_path, tmp_path / "rle" / "IM0000.dcm", tmp_path / "out") == 0
+    assert _run_cli(model_path, inputs[0], tmp_path / "out_plain") == 0
+    rle, plain = pydicom.dcmread(tmp_path / "out" / "IM0000.dcm"), pydicom.dcmread(tmp_path / "out_plain" / "IM0000.dcm")
+    assert rle.file_meta.TransferSyntaxUID == RLELossless
+    assert plain.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # the uncompressed input's, kept
+    np.testing.assert_array_equal(rle.pixel_array, plain.pixel_array)  # lossless: the same corrected pixels
+
+
+def test_transfer_syntax_falls_back_with_a_log_line_where_pydicom_cannot_encode(tmp_path, caplog):
+    import logging
+
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+    from eqmar.apps.mar.writers import output_transfer_syntax, write_dicom_series
+
+    (path,) = _ct_small_series(tmp_path / "series", count=1, metal_index=0)
+    ds = pydicom.dcmread(path)
+    assert output_transfer_syntax(ds) == (ds.file_meta.TransferSyntaxUID, "kept")
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    assert output_transfer_syntax(ds)[0] == RLELossless
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    syntax, reason = output_transfer_syntax(ds)
+    assert syntax == ExplicitVRLittleEndian and "lossy" in reason
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless  # lossless, but its encoder is an optional plugin
+    syntax, reason = output_transfer_syntax(ds)
+    from pydicom.pixels import get_encoder
+
+    if get_encoder(JPEGLSLossless).is_available:
+        assert syntax == JPEGLSLossless
+    else:
+        assert syntax == ExplicitVRLittleEndian and "no encoder" in reason
+        source = pydicom.dcmread(path)
+        hu = source.pixel_array * float(source.RescaleSlope) + float(source.RescaleIntercept)
+        source.file_meta.TransferSyntaxUID = JPEGLSLossless  # as if read (and decoded) from a JPEG-LS file
+        with caplog.at_level(logging.WARNING, logger="eqmar.apps.mar.writers"):
+            (written,) = write_dicom_series([source], [hu], [tmp_path / "out" / "IM.dcm"])
+        assert any("no encoder for JPEG-LS" in r.getMessage() for r in caplog.records)
+        assert pydicom.dcmread(written).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_cli_refuses_an_image_that_is_not_ct_in_hu(model_path, tmp_path, capsys):
+    """The shared check of eqmar.data.ct_input (the bundle and the MONAI Label app apply it too)."""
+    import nibabel as nib
+    from pydicom.data import get_testdata_file
+
+    mr_like = np.random.default_rng(0).uniform(0, 2000, (64, 64, 2)).astype(np.float32)  # no air: not HU
+    nib.save(nib.Nifti1Image(mr_like, np.eye(4)), str(tmp_path / "mr.nii.gz"))
+    for source, expected in ((tmp_path / "mr.nii.gz", "not a CT image in HU"),
+                             (Path(get_testdata_file("MR_small.dcm", download=False)), "Modality is 'MR'")):
+        capsys.readouterr()
+        assert _run_cli(model_path, source, tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert expected in err and len(err.splitlines()) == 1, err

@@ -50,9 +50,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 300) -> tuple[int, bytes]:
-    """(status, body) of a GET (``data`` None) or POST; HTTP errors are returned, not raised."""
-    request = urllib.request.Request(url, data=data, headers=headers or {}, method="GET" if data is None else "POST")
+def _request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 300,
+    method: str | None = None,
+) -> tuple[int, bytes]:
+    """(status, body) of a GET (``data`` None) or POST (or ``method``); HTTP errors are returned, not raised."""
+    request = urllib.request.Request(url, data=data, headers=headers or {},
+                                     method=method or ("GET" if data is None else "POST"))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
@@ -274,7 +278,8 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     status, body = _infer(server.url, "image=no_such_image&output=image")
     assert status == 404 and b"no_such_image" in body
     status, body = _infer(server.url, "output=image", upload=("broken.nii.gz", gzip.compress(b"not a NIfTI header")[:40]))
-    assert 400 <= status < 500 and b"cannot read the image" in body, body[:500]
+    assert status == 422 and b"the uploaded file (.nii.gz): cannot read it as a CT image" in body, body[:500]
+    assert b"tmp" not in body  # never the server's temporary copy
     status, body = _infer(server.url, "output=image", upload=("noise.nii.gz", os.urandom(3000)))
     assert 400 <= status < 500, body[:500]
     status, body = _infer(server.url, "image=pelvis_a&output=image", params={"li_projector": "cone-beam"})
@@ -284,6 +289,41 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     status, body = _request(f"{server.url}/info/")
     assert status == 200 and "mar" in json.loads(body)["models"]
     status, _ = _infer(server.url, "image=abdomen_b&output=json")
+    assert status == 200
+
+
+def _rgb_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_input_that_is_not_ct_in_hu_gets_422_naming_it(server):
+    """The CLI's refusals, through the server: an RGB PNG (upload, or stored in the datastore) and an MR DICOM."""
+    from pydicom.data import get_testdata_file
+
+    status, body = _infer(server.url, "output=image", upload=("photo.png", _rgb_png()))
+    assert status == 422 and b"the uploaded file (.png)" in body and b"16-bit grayscale" in body, body[:500]
+    mr = Path(get_testdata_file("MR_small.dcm", download=False)).read_bytes()
+    status, body = _infer(server.url, "output=image", upload=("MR_small.dcm", mr))
+    assert status == 422 and b"Modality is 'MR'" in body and b"tmp" not in body, body[:500]
+    # stored in the datastore (MONAI Label accepts any file there), then refused by id
+    status, body = _request(f"{server.url}/datastore/image?image=colour_photo",
+                            *_multipart({"params": "{}"}, {"file": ("colour_photo.png", _rgb_png())}), method="PUT")
+    assert status == 200, body[:500]
+    status, body = _infer(server.url, "image=colour_photo&output=image")
+    assert status == 422 and b"image 'colour_photo'" in body, body[:500]
+
+
+def test_params_that_are_not_json_get_400(server):
+    body, headers = _multipart({"params": "{not json"})
+    status, answer = _request(f"{server.url}/infer/mar?image=pelvis_a&output=json", body, headers)
+    assert status == 400 and b"params is not valid JSON" in answer, answer[:500]
+    status, _ = _infer(server.url, "image=abdomen_b&output=json")  # and the server keeps serving
     assert status == 200
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "LI_PROJECTORS",
     "MARModelSaver",
     "MARVolumeInferer",
+    "ExitOnInputError",
     "ParallelBeamProjector",
     "PortableMARInference",
     "bundle_datalist",
@@ -511,18 +512,54 @@ def masked_pred_label(output: Any) -> tuple[list[torch.Tensor], list[torch.Tenso
     return preds, targets
 
 
-def bundle_datalist(source: str | os.PathLike | Sequence[str | os.PathLike], key: str = "image") -> list[dict[str, str]]:
+class ExitOnInputError:
+    """Ignite handler: let a run that a bad input ended with ``SystemExit`` exit at once.
+
+    :class:`~eqmar.data.ct_input.LoadCTd` (``exit_on_error=True``) prints the one-line reason and
+    raises ``SystemExit(2)``; attached before MONAI's ``StatsHandler`` this handler re-raises it, so
+    that the stats handler does not log it again with a traceback.
+    """
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``Events.EXCEPTION_RAISED`` (call before the other handlers are attached)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Any, error: BaseException) -> None:
+        if isinstance(error, SystemExit):
+            raise error
+
+
+def bundle_datalist(
+    source: str | os.PathLike | Sequence[str | os.PathLike], key: str = "image", exit_on_error: bool = False
+) -> list[dict[str, str]]:
     """Inference data list of a bundle run: ``[{key: path}, ...]``.
 
     Args:
         source: a NIfTI file, a DICOM file, a DICOM series folder, a folder of NIfTI files (each
             one volume), or a list of these.
         key: data key of the image.
+        exit_on_error: print ``error: <message>`` on one line to stderr and exit with status 2
+            instead of raising (for ``monai.bundle run``, which would bury the message in the
+            tracebacks of its config evaluation).
 
     Raises:
         ValueError: no input given, or a folder holding neither DICOM nor NIfTI files.
         FileNotFoundError: a missing path.
     """
+    try:
+        return _datalist(source, key)
+    except (ValueError, FileNotFoundError) as error:
+        if not exit_on_error:
+            raise
+        import sys
+
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _datalist(source: str | os.PathLike | Sequence[str | os.PathLike], key: str) -> list[dict[str, str]]:
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not sources or any(not str(s).strip() for s in sources):
         raise ValueError(

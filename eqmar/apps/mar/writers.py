@@ -14,17 +14,28 @@ Each writer keeps what a viewer or a downstream pipeline relies on:
   so that a viewer tells them from the original) with every other element of the input preserved and
   pixel data stored in the
   input's representation: same integer type, bits stored, RescaleSlope/RescaleIntercept, values
-  clipped to the representable range. Compressed inputs are written uncompressed (Explicit VR
-  Little Endian), since eqmar does not ship codecs for re-encoding.
+  clipped to the representable range, and the input's transfer syntax where pydicom can encode it
+  losslessly in this environment (:func:`output_transfer_syntax`): uncompressed and deflated syntaxes
+  and RLE Lossless always, JPEG-LS and JPEG 2000 lossless with pydicom's optional encoder plugins.
+  Anything else (lossy JPEG, or a lossless one without an encoder) is written as Explicit VR Little
+  Endian, and a log line says so once per series.
 """
 
 from __future__ import annotations
 
 import os
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from eqmar.utils import require_extra
+
+require_extra(__name__, "nibabel", "pydicom", "PIL")
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAR_SERIES_SUFFIX",
@@ -33,6 +44,8 @@ __all__ = [
     "deeplesion_png_values",
     "write_deeplesion_png",
     "write_nifti_like",
+    "write_hu_nifti",
+    "SaveHUNiftid",
     "dicom_stored_values",
     "mar_dicom_dataset",
     "write_dicom_series",
@@ -84,6 +97,37 @@ def write_nifti_like(path: str | os.PathLike, data: np.ndarray, reference: Any) 
     header.set_data_dtype(np.float32)
     image = type(reference)(array, reference.affine, header)  # Nifti1Image or Nifti2Image, as read
     image.header.set_slope_inter(1.0, 0.0)  # the stored floats are the HU: no rescaling on read
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def write_hu_nifti(
+    path: str | os.PathLike, volume: np.ndarray, affine: Any = None, source: str | os.PathLike | None = None
+) -> Path:
+    """Write a corrected volume as float32 NIfTI in HU, keeping the input's header where there is one.
+
+    Args:
+        path: output ``.nii`` or ``.nii.gz``.
+        volume: the volume in the voxel order it was read in.
+        affine: its RAS affine (4x4), used when ``source`` is not a NIfTI file of the same shape.
+        source: the input file: a NIfTI input's own header (qform/sform codes, units, zooms) is kept.
+    """
+    import nibabel as nib
+
+    array = np.asarray(volume, dtype=np.float32)
+    if source is not None and str(source).lower().endswith(NIFTI_SUFFIXES) and os.path.isfile(source):
+        reference = nib.load(str(source))
+        if int(np.prod(reference.shape)) == array.size:  # e.g. a 4-D input with one volume, read squeezed
+            return write_nifti_like(path, array.reshape(reference.shape), reference)
+    matrix = np.asarray(affine if affine is not None else np.eye(4), dtype=np.float64)
+    image = nib.Nifti1Image(array, matrix if matrix.shape == (4, 4) else np.eye(4))
+    # a DICOM input: scanner coordinates in mm, as DICOM defines them
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    image.header.set_slope_inter(1.0, 0.0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
@@ -184,7 +228,57 @@ def mar_dicom_dataset(ds: Any, hu: np.ndarray, series_uid: str, derivation: str 
     out.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
     if derivation:
         out.DerivationDescription = derivation[:1024]  # VR ST holds at most 1024 characters
+    syntax, _ = output_transfer_syntax(ds)
+    if syntax is not None and getattr(out, "file_meta", None) is not None:
+        current = out.file_meta.get("TransferSyntaxUID")
+        if syntax != current:
+            if syntax.is_compressed:
+                out.compress(syntax, generate_instance_uid=False)
+            else:  # deflated or an uncompressed syntax: pydicom writes it on save
+                out.file_meta.TransferSyntaxUID = syntax
     return out
+
+
+def output_transfer_syntax(ds: Any) -> tuple[Any, str]:
+    """The transfer syntax a corrected copy of ``ds`` is written with, and why.
+
+    Returns:
+        ``(uid, reason)``: the input's syntax when pydicom can write it losslessly here, else
+        Explicit VR Little Endian (``reason`` then says why: a lossy input syntax, which eqmar does
+        not re-encode, or no encoder for it in this environment); ``uid`` is None for a dataset
+        without file meta information.
+    """
+    from pydicom.uid import ExplicitVRLittleEndian, UID
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        return None, "no file meta information"
+    syntax = UID(meta.TransferSyntaxUID)
+    if not syntax.is_compressed:
+        if syntax.is_little_endian:
+            return syntax, "kept"
+        return ExplicitVRLittleEndian, f"{syntax.name} (big endian) is retired; written as {ExplicitVRLittleEndian.name}"
+    if not _is_lossless(syntax):
+        return ExplicitVRLittleEndian, (f"{syntax.name} is lossy and eqmar does not compress lossily again; "
+                                        f"written as {ExplicitVRLittleEndian.name}")
+    from pydicom.pixels import get_encoder
+
+    try:
+        available = get_encoder(syntax).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    if not available:
+        return ExplicitVRLittleEndian, (f"pydicom has no encoder for {syntax.name} in this environment; "
+                                        f"written as {ExplicitVRLittleEndian.name}")
+    return syntax, "kept"
+
+
+def _is_lossless(syntax: Any) -> bool:
+    from pydicom import uid
+
+    lossless = {uid.RLELossless, uid.JPEGLosslessSV1, uid.JPEGLossless, uid.JPEGLSLossless, uid.JPEG2000Lossless,
+                getattr(uid, "HTJ2KLossless", None), getattr(uid, "HTJ2KLosslessRPCL", None)}
+    return syntax in lossless
 
 
 def write_dicom_series(
@@ -206,6 +300,9 @@ def write_dicom_series(
     if not len(datasets) == len(hu_slices) == len(paths):
         raise ValueError("write_dicom_series: datasets, slices and paths must have the same length.")
     series_uid = generate_uid()
+    syntax, reason = output_transfer_syntax(datasets[0]) if datasets else (None, "")
+    if syntax is not None and reason != "kept":
+        logger.warning("%s: %s", Path(paths[0]).parent if len(paths) > 1 else paths[0], reason)
     written = []
     for ds, hu, path in zip(datasets, hu_slices, paths):
         path = Path(path)
@@ -213,3 +310,42 @@ def write_dicom_series(
         mar_dicom_dataset(ds, hu, series_uid, derivation).save_as(path, enforce_file_format=True)
         written.append(path)
     return written
+
+
+class SaveHUNiftid:
+    """Dictionary transform: write each ``keys`` volume as ``<output_dir>/<input name>_<postfix>.nii.gz``.
+
+    The MONAI bundle's saver. Unlike MONAI's ``SaveImaged`` it keeps a NIfTI input's own header
+    (qform/sform codes, units), as ``python -m eqmar.infer`` does (:func:`write_hu_nifti`); a DICOM
+    input gets its RAS affine in scanner millimetres.
+
+    Args:
+        keys: keys of ``(1, X, Y[, Z])`` HU tensors whose metadata name the input file
+            (``filename_or_obj``, as :class:`~eqmar.data.ct_input.LoadCTd` records it).
+        output_dir: output folder (created).
+        output_postfix: appended to the input's name.
+    """
+
+    def __init__(self, keys: str | Sequence[str], output_dir: str | os.PathLike, output_postfix: str = "mar") -> None:
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.output_dir = Path(output_dir)
+        self.output_postfix = output_postfix
+
+    def __call__(self, data: Mapping[Any, Any]) -> dict[Any, Any]:
+        d = dict(data)
+        for key in self.keys:
+            value = d[key]
+            meta = getattr(value, "meta", {}) or {}
+            source = str(meta.get("filename_or_obj", "") or "image")
+            name = Path(source.rstrip("/")).name
+            for suffix in (*NIFTI_SUFFIXES, ".dcm"):
+                if name.lower().endswith(suffix):
+                    name = name[: -len(suffix)]
+                    break
+            array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            affine = getattr(value, "affine", None)
+            affine = None if affine is None else np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine)
+            target = self.output_dir / f"{name}_{self.output_postfix}.nii.gz"
+            write_hu_nifti(target, array[0], affine, source)
+            logger.info("wrote %s", target)
+        return d

@@ -1,7 +1,9 @@
 """MONAI Label inference task: metal artifact reduction of a CT volume, slice by slice.
 
 The request's image (a datastore image id, or an uploaded file) is read in HU with eqmar's CT
-readers (NIfTI, DICOM file or DICOM series folder). Every axial slice with metal (HU above
+loader (:class:`eqmar.data.ct_input.LoadCTd`: NIfTI, DICOM file or DICOM series folder, DeepLesion
+PNG), which refuses anything that is not CT in HU (an MR series, a colour PNG) with a 422 naming the
+image id or the uploaded file, the same check as ``python -m eqmar.infer`` and the bundle. Every axial slice with metal (HU above
 ``metal_threshold_hu``) is corrected by :class:`eqmar.apps.mar.bundle.MARVolumeInferer`:
 
 - metal mask: ``HU > metal_threshold_hu`` (default 2500 HU);
@@ -28,20 +30,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import EnsureChannelFirstd, LoadImaged
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from eqmar.apps.mar.bundle import LI_PROJECTORS, MARVolumeInferer
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, TRACE_MODELS
-from eqmar.data.readers import CTDicomReader, CTNiftiReader
+from eqmar.data.ct_input import CTInputError, LoadCTd
 
 __all__ = ["MARInfer", "MARInputError", "ct_load_transforms"]
 
 logger = logging.getLogger(__name__)
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: Request key with the name messages give the input (the image id, or "uploaded file <name>").
+INPUT_NAME_KEY = "eqmar_input_name"
 
 
 class MARInputError(ValueError):
@@ -53,12 +55,8 @@ class MARInputError(ValueError):
 
 
 def ct_load_transforms(keys: Sequence[str] = ("image",)) -> list[Callable]:
-    """Load CT images in HU (NIfTI, DICOM file or series folder) channel-first: ``(1, X, Y[, Z])``."""
-    return [
-        # LoadImage tries user readers last to first: NIfTI, then DICOM
-        LoadImaged(keys=list(keys), reader=[CTDicomReader(), CTNiftiReader()], image_only=True),
-        EnsureChannelFirstd(keys=list(keys), channel_dim="no_channel"),
-    ]
+    """Load CT images in HU (NIfTI, DICOM file or series folder) channel-first: ``(1, X, Y[, Z])``, checked."""
+    return [LoadCTd(keys=list(keys), name_key=INPUT_NAME_KEY)]
 
 
 def _root_cause(error: BaseException) -> str:
@@ -154,9 +152,14 @@ class MARInfer(BasicInferTask):
     def run_pre_transforms(self, data: dict[str, Any], transforms: Any) -> dict[str, Any]:
         try:
             return super().run_pre_transforms(data, transforms)
-        except Exception as error:  # readers raise many types; all mean "not a CT volume we can read"
-            name = os.path.basename(str(data.get("image_path") or data.get("image") or "input"))
-            raise MARInputError(f"{name}: cannot read the image as a CT volume (NIfTI or DICOM): {_root_cause(error)}") from error
+        except Exception as error:
+            cause = error
+            while cause.__cause__ is not None and not isinstance(cause, CTInputError):
+                cause = cause.__cause__
+            if isinstance(cause, CTInputError):  # the loader's message already names the input
+                raise MARInputError(str(cause)) from error
+            name = data.get(INPUT_NAME_KEY) or os.path.basename(str(data.get("image_path") or data.get("image") or "input"))
+            raise MARInputError(f"{name}: cannot read the image as a CT volume: {_root_cause(error)}") from error
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
         image = data.get(self.input_key)
@@ -172,27 +175,14 @@ class MARInfer(BasicInferTask):
 
     def writer(self, data: dict[str, Any], extension: Any = None, dtype: Any = None) -> tuple[str, dict[str, Any]]:
         """Write ``pred`` as a float32 NIfTI in HU; return its path and the result JSON."""
-        import nibabel as nib
-
-        from eqmar.apps.mar.writers import write_nifti_like
+        from eqmar.apps.mar.writers import write_hu_nifti
 
         pred = data[self.output_label_key]
         volume = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred, dtype=np.float32)[0]
         affine = np.asarray(getattr(pred, "affine", np.eye(4)), dtype=np.float64)
         handle, path = tempfile.mkstemp(suffix=".nii.gz", prefix="mar_")
         os.close(handle)
-        source = str(data.get("image_path") or "")
-        reference = None
-        if source.lower().endswith(_NIFTI_SUFFIXES) and os.path.isfile(source):
-            reference = nib.load(source)
-            if tuple(reference.shape[: volume.ndim]) != volume.shape:
-                reference = None  # e.g. a squeezed 4-D input: fall back to the affine
-        if reference is not None:
-            write_nifti_like(path, volume.reshape(reference.shape), reference)
-        else:
-            image = nib.Nifti1Image(volume, affine if affine.shape == (4, 4) else np.eye(4))
-            image.header.set_slope_inter(1.0, 0.0)
-            nib.save(image, path)
+        write_hu_nifti(path, volume, affine, str(data.get("image_path") or "") or None)
         inferer = self._inferers.get(data.get("mar_inferer"))
         infos = [info for per_volume in inferer.last_infos for info in per_volume] if inferer is not None else []
         result = {
