@@ -226,13 +226,17 @@ def test_nifti_output_keeps_the_input_header(tmp_path, demo_model, artifact_slic
     np.testing.assert_allclose(written.affine, nib.load(str(tmp_path / "scan.nii.gz")).affine)
 
 
-@pytest.mark.parametrize("case", ["missing", "mr"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "mr"])
 def test_bundle_command_line_starts_its_error_output_with_one_clear_line(tmp_path, demo_model, case):
     """``python -m monai.bundle run`` in a subprocess: status 2, one ``error:`` line naming the input, no traceback."""
     pytest.importorskip("fire", reason="python -m monai.bundle needs fire (in eqmar's apps extra)")
     from pydicom.data import get_testdata_file
 
-    source = str(tmp_path / "missing.nii.gz") if case == "missing" else get_testdata_file("MR_small.dcm", download=False)
+    source = str(tmp_path / f"{case}.nii.gz")
+    if case == "corrupt":
+        Path(source).write_bytes(b"\x1f\x8b not really gzip")
+    elif case == "mr":
+        source = get_testdata_file("MR_small.dcm", download=False)
     run = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.yaml"),
          "--meta_file", str(CONFIGS / "metadata.json"), "--bundle_root", str(BUNDLE), "--input", source,
