@@ -59,10 +59,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqmar.apps.mar.route import STORED_HU_RANGE, stored_hu  # the scanner's stored image, as training makes it
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"
-#: Stored range of the usual 12-bit CT image (HU): metal saturates at the top.
-STORED_HU_RANGE = (-1024.0, 3071.0)
 #: Halo band around the metal, in pixels of the ground-truth grid (distance to the nearest metal pixel).
 HALO_BAND_PX = (1.0, 5.0)
 #: Methods scored, in table order.
@@ -121,13 +121,6 @@ class RouteResult:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def stored_hu(mu: np.ndarray) -> np.ndarray:
-    """The image a scanner stores for a µ map: integer HU clipped to :data:`STORED_HU_RANGE` (int16)."""
-    from eqmar.ct.physics import mu_to_hu
-
-    return np.clip(np.rint(mu_to_hu(mu)), *STORED_HU_RANGE).astype(np.int16)
-
-
 def _check_masks(mask_indices: Iterable[int]) -> tuple[int, ...]:
     indices = tuple(int(k) for k in mask_indices)
     bad = [k for k in indices if k not in ALL_TEST_MASKS]
@@ -263,7 +256,8 @@ class ClinicalRoute:
         model: an eqmar MAR model file.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         metal_threshold_hu: the route's metal threshold (default: the library's).
-        trace_model: ``"interpolating"`` (as the simulator) or ``"line"``.
+        trace_model: ``"interpolating"``, ``"line"`` or ``None`` (the model's, see
+            :class:`~eqmar.apps.mar.inference.MARInference`).
 
     Raises:
         InputError: a missing file or one that is not an eqmar MAR model.
@@ -274,7 +268,7 @@ class ClinicalRoute:
         model: str | Path,
         device: str = "auto",
         metal_threshold_hu: float | None = None,
-        trace_model: str = "interpolating",
+        trace_model: str | None = None,
     ) -> None:
         import warnings
 
@@ -454,15 +448,16 @@ def plot_examples(
         error_map = np.ma.masked_array(result.network_hu - gt_hu, mask=pair.metal)
         error = axes[row, 4].imshow(error_map, cmap=error_cmap, vmin=-ERROR_RANGE_HU, vmax=ERROR_RANGE_HU)
         li, net = scores["methods"]["route LI"], scores["methods"]["network"]
-        captions = ("", f"{li['psnr']:.2f} dB, halo {li['halo_mean_hu']:+.0f} HU",
-                    f"{net['psnr']:.2f} dB, halo {net['halo_mean_hu']:+.0f} HU", "", "")
+        captions = ("", f"{li['psnr']:.2f} dB, band {li['halo_mean_hu_outside_route_metal']:+.0f} HU",
+                    f"{net['psnr']:.2f} dB, band {net['halo_mean_hu_outside_route_metal']:+.0f} HU", "", "")
         for col, name in enumerate(columns):
             axes[row, col].set_title(f"{name}\n{captions[col]}" if captions[col] else name, fontsize=8)
             axes[row, col].axis("off")
         axes[row, 0].text(2, 10, pair.name.split(":", 1)[-1], color="yellow", fontsize=6, va="top")
         fig.colorbar(error, ax=axes[row, 4], fraction=0.046, pad=0.02)
     fig.suptitle(title or f"window [{WINDOW_HU[0]:g}, {WINDOW_HU[1]:g}] HU; error map ±{ERROR_RANGE_HU:g} HU, "
-                 "true metal grey (not scored); halo = mean signed error 1-5 px from the metal",
+                 "true metal grey (not scored);\nband = mean signed error 1-5 px from the metal, "
+                 "outside what the route takes for metal",
                  fontsize=9)
     fig.tight_layout()
     path = Path(path)
@@ -488,7 +483,7 @@ def run(
     data_seed: int = 0,
     kinds: Sequence[str] | None = None,
     device: str = "auto",
-    trace_model: str = "interpolating",
+    trace_model: str | None = None,
     metal_threshold_hu: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, tuple[list[Pair], list[RouteResult], list[dict[str, Any]]]]]:
     """Evaluate the route on the phantoms and/or the sample.
@@ -507,7 +502,7 @@ def run(
     geometry = route.geometry
     report: dict[str, Any] = {
         "model": str(model), "meta": route.network.meta, "stored_hu_range": list(STORED_HU_RANGE),
-        "metal_threshold_hu": route.network.metal_threshold_hu, "trace_model": trace_model,
+        "metal_threshold_hu": route.network.metal_threshold_hu, "trace_model": route.network.trace_model,
         "working_grid": {"image_size": int(geometry.image_size), "num_views": int(geometry.num_views)},
         "halo_band_px": list(HALO_BAND_PX), "sources": {},
     }
@@ -566,8 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", nargs="+", default=None,
                         help="phantom families (default: those the demo trains on; 'head' is held out)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    parser.add_argument("--trace-model", choices=("interpolating", "line"), default="interpolating",
-                        help="ray model of the route's metal trace (default: %(default)s)")
+    parser.add_argument("--trace-model", choices=("interpolating", "line"), default=None,
+                        help="ray model of the route's metal trace (default: the model's, as eqmar.infer)")
     parser.add_argument("--threshold-hu", type=float, default=None,
                         help="the route's metal threshold (default: the library's, 2500 HU)")
     parser.add_argument("--examples", type=int, default=3, help="figure rows per source (default: %(default)s)")
@@ -583,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     grid = report["working_grid"]
     print(f"model {args.model} (working grid {grid['image_size']} px, {grid['num_views']} views); "
-          f"stored HU clipped to {STORED_HU_RANGE}, metal threshold {report['metal_threshold_hu']:g} HU\n")
+          f"stored HU clipped to {STORED_HU_RANGE}, metal threshold {report['metal_threshold_hu']:g} HU, "
+          f"{report['trace_model']} metal trace\n")
     for source, entry in report["sources"].items():
         s = entry["summary"]
         print(f"## {source}: {s['pairs']} pairs at {s['grid']} px "

@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trace-model",
         choices=_TRACE_MODELS,
-        default=_TRACE_MODELS[0],
-        help="ray model of the metal trace: interpolating (as the training data, default) or line (faster on CPU)",
+        default=None,
+        help="ray model of the metal trace: interpolating or line (faster on CPU); default: the one the model "
+        "was trained with (line for the shipped model, whose training saw the clinical route's inputs)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
     return parser

@@ -56,9 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-masks", help="validation mask indices, e.g. 80-89 (published); 'none' to skip")
     p.add_argument("--val-images", type=int, help="validate on the first N training images")
     p.add_argument("--test-images", type=int, help="score only the first N test images")
-    p.add_argument("--preset", choices=("demo", "reference"), default="demo",
+    p.add_argument("--preset", choices=("demo", "reference", "clinical"), default="demo",
                    help="without --data: 'demo' (default; 128 px, three arms, about 5 min on 2 CPU cores) or "
-                        "'reference' (the shipped reference model: one EQ-Reg UNet at 416 px / 640 views, about 80 min)")
+                        "'reference' (the reference model: one EQ-Reg UNet at 416 px / 640 views, about 80 min) or 'clinical' "
+                        "(the shipped model: the reference model, given by --init-weights, fine-tuned on the clinical "
+                        "route's inputs as well, about 35 min)")
+    p.add_argument("--init-weights", type=Path, metavar="MODEL",
+                   help="start from the weights of this eqmar MAR model file (same network)")
+    p.add_argument("--route-fraction", type=float,
+                   help="fraction of training samples whose inputs are made as the clinical route makes them "
+                        "(stored HU, threshold mask, image-domain LI); 0 = protocol inputs only")
+    p.add_argument("--metal-crops", type=float, help="fraction of training patches centred on a metal pixel")
+    p.add_argument("--route-metal-crops", type=float,
+                   help="the same for the samples with clinical-route inputs (default: --metal-crops)")
     p.add_argument("--train-image", action="append", type=Path, metavar="FILE",
                    help="add a CT slice (DeepLesion PNG, DICOM, NIfTI or SynDeepLesion gt.h5) to the built-in training "
                         "set (repeatable; never used for testing)")
@@ -90,14 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         overrides["train_image_files"] = tuple(args.train_image)
     if args.holdout_image:
         overrides["holdout_images"] = tuple(args.holdout_image)
+    for flag, name in (("init_weights", "init_weights"), ("route_fraction", "route_fraction"),
+                       ("metal_crops", "metal_crop_fraction"), ("route_metal_crops", "route_metal_crop_fraction")):
+        if getattr(args, flag) is not None:
+            overrides[name] = getattr(args, flag)
     if args.regularise:
         overrides["regularised"] = tuple(part.strip() for part in args.regularise.split(",") if part.strip())
     builtin = None
-    if args.preset == "reference":
+    if args.preset in ("reference", "clinical"):
         if args.data is not None:
-            print("error: --preset reference trains on the built-in data; drop --data or --preset", file=sys.stderr)
+            print(f"error: --preset {args.preset} trains on the built-in data; drop --data or --preset", file=sys.stderr)
             return 2
-        builtin = MARExperimentConfig.reference_default
+        if args.preset == "clinical" and args.init_weights is None:
+            print("error: --preset clinical fine-tunes a reference model: give --init-weights "
+                  "runs/mar_reference/eqreg/model.pt (from --preset reference)", file=sys.stderr)
+            return 2
+        builtin = (MARExperimentConfig.reference_default if args.preset == "reference"
+                   else MARExperimentConfig.clinical_default)
     return run_experiment_cli(args, MARExperimentConfig, run_mar_experiment, overrides, _summary, builtin)
 
 

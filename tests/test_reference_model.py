@@ -1,4 +1,7 @@
-"""The shipped reference model on the published SynDeepLesion sample: the targets it is shipped for.
+"""The shipped model on the published SynDeepLesion sample: the targets of a reference model it is shipped for.
+
+The shipped weights are the reference model (``--preset reference``) fine-tuned for the clinical route
+(``--preset clinical``); on the protocol's inputs they must still meet the reference model's targets.
 
 The sample (slice 000376_16_02/299 under the ten test masks, simulated by the authors' pipeline) was
 never trained on. Skipped where ``../shared/conformance/syndeeplesion`` is absent.
@@ -44,11 +47,11 @@ def sample_scores(conformance_dir):
 def test_reference_model_beats_li_by_two_db_with_a_better_ssim(sample_scores):
     li, scores, _ = sample_scores
     assert li["psnr"] == pytest.approx(LI_PSNR, abs=0.01)
-    assert scores["psnr"] >= li["psnr"] + 2.0, scores  # measured 39.9x dB
+    assert scores["psnr"] >= li["psnr"] + 2.0, scores  # measured 39.07 dB (before fine-tuning: 39.96 dB)
     assert scores["ssim"] > li["ssim"], scores
 
 
 def test_reference_model_keeps_tissue_and_air_far_from_the_metal_within_5_hu(sample_scores):
     _, _, regions = sample_scores
     far = regions["far soft tissue/air (> 20 px)"]
-    assert far["pixels"] > 10_000 and abs(far["mean"]) <= 5.0, far  # LI: +16 HU
+    assert far["pixels"] > 10_000 and abs(far["mean"]) <= 5.0, far  # measured -4 HU; LI: +16 HU

@@ -230,7 +230,7 @@ class PortableMARInference(MARInference):
         device: str | torch.device = "auto",
         metal_threshold_hu: float = DEFAULT_METAL_THRESHOLD_HU,
         preserve_detail: bool = True,
-        trace_model: str = "interpolating",
+        trace_model: str | None = None,
         network: nn.Module | None = None,
         li_projector: str = "auto",
     ) -> None:
@@ -295,7 +295,8 @@ class MARVolumeInferer(Inferer):
     Args:
         model_path: model file; its meta gives the working size and the LI geometry.
         metal_threshold_hu: HU above which a pixel is metal (default 2500).
-        trace_model: ``"interpolating"`` (as the training data) or ``"line"`` (faster on CPU).
+        trace_model: ``"interpolating"`` or ``"line"`` (faster on CPU); ``None``: the model's
+            (see :class:`~eqmar.apps.mar.inference.MARInference`).
         li_projector: ``"auto"``, ``"fanbeam"`` or ``"parallel"`` (see :class:`PortableMARInference`).
         preserve_detail: add the resampled correction to the input (see
             :class:`~eqmar.apps.mar.inference.MARInference`).
@@ -310,7 +311,7 @@ class MARVolumeInferer(Inferer):
         self,
         model_path: str | os.PathLike,
         metal_threshold_hu: float = DEFAULT_METAL_THRESHOLD_HU,
-        trace_model: str = "interpolating",
+        trace_model: str | None = None,
         li_projector: str = "auto",
         preserve_detail: bool = True,
     ) -> None:

@@ -237,7 +237,9 @@ class MARInference:
         preserve_detail: add the resampled correction to the input (True) rather than resampling
             the network output itself (see module docstring); identical when no resampling occurs.
         trace_model: ray model of the metal trace, ``"interpolating"`` or ``"line"`` (faster on
-            CPU); see :func:`metal_trace_of`.
+            CPU); ``None``: the one the model was trained with on clinical-route inputs (its meta
+            ``route_inputs.trace_model``, :mod:`eqmar.apps.mar.route`), else ``"interpolating"``
+            (the simulator's, as in the protocol's training data).
         network: use this network instead of the file's (the file's meta still defines the
             geometry); mainly for tests and custom wrappers.
 
@@ -252,7 +254,7 @@ class MARInference:
         device: str | torch.device = "auto",
         metal_threshold_hu: float = DEFAULT_METAL_THRESHOLD_HU,
         preserve_detail: bool = True,
-        trace_model: str = "interpolating",
+        trace_model: str | None = None,
         network: torch.nn.Module | None = None,
     ) -> None:
         from eqmar.apps.mar.model_file import load_mar_model
@@ -266,6 +268,8 @@ class MARInference:
         self.geometry = model_geometry(self.meta, source=self.model_path)
         self.metal_threshold_hu = float(metal_threshold_hu)
         self.preserve_detail = bool(preserve_detail)
+        if trace_model is None:
+            trace_model = str((self.meta.get("route_inputs") or {}).get("trace_model", "interpolating"))
         if trace_model not in TRACE_MODELS:
             raise ValueError(f"MARInference: trace_model must be one of {TRACE_MODELS}, got {trace_model!r}")
         self.trace_model = trace_model

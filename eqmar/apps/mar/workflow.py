@@ -91,6 +91,11 @@ class MARExperimentConfig:
     workers: int = 0
     checkpoint_interval: int = 500
     progress: bool = True
+    init_weights: Path | None = None
+    route_fraction: float = 0.0
+    route_masks: tuple[int, ...] | None = None
+    metal_crop_fraction: float = 0.0
+    route_metal_crop_fraction: float | None = None
     demo: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +118,16 @@ class MARExperimentConfig:
                 )
         if self.regularised:
             _check_regularised_names(self)
+        for name in ("route_fraction", "metal_crop_fraction", "route_metal_crop_fraction"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.route_masks is not None and not set(self.route_masks) <= set(self.train_masks):
+            extra = sorted(set(self.route_masks) - set(self.train_masks))
+            raise ValueError(f"route_masks {extra} are not training masks (train_masks)")
+        if self.init_weights is not None:
+            self.init_weights = Path(self.init_weights)
+            if not self.init_weights.is_file():
+                raise ValueError(f"init_weights (--init-weights): {self.init_weights}: model file not found")
 
     @classmethod
     def published(cls, data: Path, **overrides: Any) -> MARExperimentConfig:
@@ -185,6 +200,33 @@ class MARExperimentConfig:
             checkpoint_interval=500,
             demo={"cache": ".cache/eqmar/mar_reference", "image_size": 416, "views": 640, "train_images": 48,
                   "test_images": 4, "seed": 0, "kinds": DEMO_PHANTOMS, "holdout": 0},
+        )
+        return replace(base, **overrides)
+
+    @classmethod
+    def clinical_default(cls, **overrides: Any) -> MARExperimentConfig:
+        """The shipped model: the reference model fine-tuned for the clinical route.
+
+        Starts from ``init_weights`` (the reference run's ``eqreg/model.pt``) on the reference data
+        set and trains 3 000 more steps at the reference run's final learning rate, on a mix: half
+        of the samples keep the protocol's inputs (uniform patches, as the reference run), half
+        carry the inputs the clinical route makes from a stored image (:mod:`eqmar.apps.mar.route`:
+        clipped HU, threshold mask, image-domain LI with the line trace; every other training mask),
+        each patch of those centred on a metal pixel, where the two kinds of input differ. Centring
+        the protocol's patches on metal too cost 2 dB on the published sample (``docs/results.md``).
+        About 15 min on one core of the development machine, plus about 12 min to make the route
+        inputs once.
+        """
+        base = cls.reference_default(
+            output_dir=Path("runs/mar_clinical"),
+            epochs=6,
+            iters_per_epoch=500,
+            lr=2.5e-4,
+            milestones=(4,),
+            route_fraction=0.5,
+            route_masks=tuple(range(0, 20, 2)),
+            metal_crop_fraction=0.0,
+            route_metal_crop_fraction=1.0,
         )
         return replace(base, **overrides)
 
@@ -275,10 +317,24 @@ def mar_inference_roi(cfg: MARExperimentConfig) -> int | None:
 
 
 def build_network(cfg: MARExperimentConfig) -> nn.Module:
-    """The configured backbone, untrained."""
-    from eqmar.apps.mar.model_file import build_from_spec
+    """The configured backbone: untrained, or with the weights of ``cfg.init_weights``.
 
-    return build_from_spec(mar_network_spec(cfg))
+    Raises:
+        ValueError: ``cfg.init_weights`` holds another network than the configured one.
+    """
+    from eqmar.apps.mar.model_file import build_from_spec, load_mar_model
+
+    spec = mar_network_spec(cfg)
+    network = build_from_spec(spec)
+    if cfg.init_weights is not None:
+        loaded, payload = load_mar_model(cfg.init_weights)
+        import json
+
+        if json.dumps(payload.get("network"), sort_keys=True) != json.dumps(spec, sort_keys=True):
+            raise ValueError(
+                f"{cfg.init_weights}: holds network {payload.get('network')}, the configuration builds {spec}")
+        network.load_state_dict(loaded.state_dict())
+    return network
 
 
 #: The proximal nets the authors regularise per backbone (ACDNet's M-net is 6 channels wide).
@@ -375,24 +431,78 @@ def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
     return root, synth.resolve_tag()
 
 
-def _train_transform(patch: int) -> Any:
-    from monai.transforms import Compose, RandSpatialCropd, SelectItemsd
+def _train_transform(patch: int, metal_crop_fraction: float = 0.0, by_label: bool = False) -> Any:
+    """Random ``patch``-sized crops; a ``metal_crop_fraction`` of them centred on a metal pixel.
 
+    Uniform crops of a 416 px slice rarely hold metal (about one in ten at 96 px), so what the
+    network learns next to the metal, where the clinical route's inputs differ most, would be
+    learned from few patches. ``by_label`` uses the metal-centred cropper (which returns a list of
+    one sample) even at fraction 0, so that data sets mixed in one loader collate alike.
+    """
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandSpatialCropd, SelectItemsd
+
+    if metal_crop_fraction <= 0.0 and not by_label:
+        return Compose([
+            MARInputsd(),
+            SelectItemsd(keys=["image", "label"]),
+            RandSpatialCropd(keys=["image", "label"], roi_size=(patch, patch), random_size=False),
+        ])
     return Compose([
         MARInputsd(),
+        SelectItemsd(keys=["image", "label", "mask"]),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="mask", spatial_size=(patch, patch),
+                               pos=metal_crop_fraction, neg=1.0 - metal_crop_fraction, num_samples=1),
         SelectItemsd(keys=["image", "label"]),
-        RandSpatialCropd(keys=["image", "label"], roi_size=(patch, patch), random_size=False),
     ])
+
+
+def route_data_masks(cfg: MARExperimentConfig) -> tuple[int, ...]:
+    """Training masks whose pairs get clinical-route inputs (default: every other training mask)."""
+    return tuple(cfg.route_masks) if cfg.route_masks is not None else tuple(cfg.train_masks[::2])
+
+
+def ensure_route_data(cfg: MARExperimentConfig, root: Path, tag: str) -> None:
+    """Make the clinical-route inputs of the training split when ``cfg.route_fraction > 0`` (resumable)."""
+    if cfg.route_fraction <= 0.0:
+        return
+    from eqmar.apps.mar.inference import model_geometry
+    from eqmar.apps.mar.route import ensure_route_inputs
+    from eqmar.data.datasets import SynDeepLesionTrainDataset
+
+    size = int(SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks[:1], geometry=tag)[0]["gt"].shape[-1])
+    geometry = model_geometry({"geometry_tag": tag, "image_size": size})
+    ensure_route_inputs(root, "train", tag, geometry, route_data_masks(cfg), progress=cfg.progress)
+
+
+def _training_set(cfg: MARExperimentConfig, root: Path, tag: str) -> tuple[Any, Any]:
+    """The training data set and its sampler (``route_fraction`` of the draws from route inputs)."""
+    from torch.utils.data import ConcatDataset, RandomSampler, WeightedRandomSampler
+
+    from eqmar.data.datasets import SynDeepLesionTrainDataset
+
+    route_crops = cfg.metal_crop_fraction if cfg.route_metal_crop_fraction is None else cfg.route_metal_crop_fraction
+    mixed = cfg.route_fraction > 0.0
+    transform = _train_transform(cfg.patch_size, cfg.metal_crop_fraction, by_label=mixed and route_crops > 0.0)
+    draws = cfg.batch_size * cfg.iters_per_epoch
+    train = SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks, geometry=tag, transform=transform)
+    if not mixed:
+        return train, RandomSampler(train, replacement=True, num_samples=draws)
+    from eqmar.apps.mar.route import RouteInputsDataset
+
+    route_transform = _train_transform(cfg.patch_size, route_crops, by_label=cfg.metal_crop_fraction > 0.0)
+    route = RouteInputsDataset(root, "train", route_data_masks(cfg), transform=route_transform, geometry=tag)
+    weights = torch.cat([torch.full((len(train),), (1.0 - cfg.route_fraction) / len(train), dtype=torch.float64),
+                         torch.full((len(route),), cfg.route_fraction / len(route), dtype=torch.float64)])
+    return ConcatDataset([train, route]), WeightedRandomSampler(weights, num_samples=draws, replacement=True)
 
 
 def _loaders(cfg: MARExperimentConfig, root: Path, tag: str) -> dict[str, Any]:
     from monai.data import DataLoader
-    from torch.utils.data import RandomSampler, Subset
+    from torch.utils.data import Subset
 
     from eqmar.data.datasets import SynDeepLesionTestDataset, SynDeepLesionTrainDataset
 
-    train = SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks, geometry=tag, transform=_train_transform(cfg.patch_size))
-    sampler = RandomSampler(train, replacement=True, num_samples=cfg.batch_size * cfg.iters_per_epoch)
+    train, sampler = _training_set(cfg, root, tag)
     loaders = {"train": DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)}
     test = SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd())
     if cfg.test_images is not None:
@@ -404,6 +514,23 @@ def _loaders(cfg: MARExperimentConfig, root: Path, tag: str) -> dict[str, Any]:
         val = Subset(val, range(min(len(val), cfg.val_images * len(cfg.val_masks))))
         loaders["val"] = DataLoader(val, batch_size=4, num_workers=cfg.workers)
     return loaders
+
+
+def _model_meta(cfg: MARExperimentConfig, tag: str, image_size: int, roi: int | None) -> dict[str, Any]:
+    """What a model file records besides its network: EQ-Reg settings, geometry, patch size, route inputs.
+
+    ``route_inputs`` tells :class:`~eqmar.apps.mar.inference.MARInference` which metal trace the
+    clinical-route inputs of training were made with, so that inference makes the same by default.
+    """
+    from eqmar.apps.mar.route import ROUTE_METAL_THRESHOLD_HU, ROUTE_TRACE_MODEL
+
+    meta: dict[str, Any] = {"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size}
+    if roi is not None:
+        meta["inference_roi"] = roi
+    if cfg.route_fraction > 0.0:
+        meta["route_inputs"] = {"fraction": cfg.route_fraction, "trace_model": ROUTE_TRACE_MODEL,
+                                "metal_threshold_hu": ROUTE_METAL_THRESHOLD_HU}
+    return meta
 
 
 def _validation_evaluator(loader: Any, device: torch.device) -> Any:
@@ -478,6 +605,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     with main_process_first():  # the other ranks then find the demo set complete instead of writing it too
         root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
         holdout = ensure_holdout_data(cfg)
+        ensure_route_data(cfg, root, tag)
     loaders = _loaders(cfg, root, tag)
     if holdout is not None:
         from monai.data import DataLoader
@@ -522,10 +650,7 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         image_keys=("image", "label"),
         probe_loader=loaders["probe"],
         make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
-        save_network=lambda network, path: save_mar_model(
-            path, network, spec, meta={"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size,
-                                       **({"inference_roi": roi} if roi is not None else {})}
-        ),
+        save_network=lambda network, path: save_mar_model(path, network, spec, meta=_model_meta(cfg, tag, image_size, roi)),
     )
     results = run_arms(
         task, cfg.arms, settings, seed=cfg.seed, device=device, output_dir=out, resume=cfg.resume,
