@@ -26,7 +26,9 @@ the way back to 512 px; the LI step is timed on its own too, alternating with th
 The first slice, which builds the projector and the CPU back-projection matrix, is the warm-up
 and reported as ``first_slice_s``. Finally ``--cli-runs`` runs of ``python -m eqmar.infer`` on that
 slice as a DeepLesion PNG give the cold wall time a user sees for one slice (interpreter start,
-imports, model load, projector set-up included).
+imports, model load, projector set-up included). ``--model FILE`` times the end-to-end path with
+that model file instead (e.g. the shipped weights, which run on overlapping patches); the forward
+table, which measures one untrained network on whole images, is then skipped.
 
 ``--threads N`` sets torch's threads in the measuring processes and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``
 in every child process (the ``python -m eqmar.infer`` command has no thread option of its own).
@@ -35,6 +37,7 @@ Examples::
 
     python bench/bench_inference.py --json inference.json --markdown inference.md
     python bench/bench_inference.py --device cuda --batches 1 4 16 --repeats 20
+    python bench/bench_inference.py --model bundles/eqmar_mar/models/model.pt --threads 1   # the shipped weights
     python bench/bench_inference.py --size 64 --views 64 --batches 1 --repeats 1 --warmup 0 --stages 1   # smoke run
 """
 
@@ -171,7 +174,7 @@ def _e2e_worker(spec: dict[str, Any]) -> dict[str, Any]:
             "li": timed(lambda: image_domain_li(mu, working_mask, engine.projector(), engine.trace_model)),
         }, spec["repeats"])
     return {"working_size": size, "views": info["num_views"], "metal_pixels": info["metal_pixels"],
-            "trace_model": spec["trace_model"], "threads": torch.get_num_threads(), "first_slice_s": first,
+            "trace_model": engine.trace_model, "threads": torch.get_num_threads(), "first_slice_s": first,
             "slice_s": summary(times["slice"]), "li_s": summary(times["li"]), "memory": probe.stop()}
 
 
@@ -212,10 +215,13 @@ def _geometry_tag(size: int, views: int) -> str:
     return "640geo" if (size, views) == (full.image_size, full.num_views) else f"640geo_{size}px{views}v"
 
 
-def _write_inputs(folder: Path, spec: dict[str, Any], size: int, views: int) -> tuple[Path, Path, Path]:
-    """Model file, slice (.npy) and the same slice as a DeepLesion PNG, for the end-to-end runs."""
-    model = save_mar_model(folder / "model.pt", build_from_spec(spec), spec,
-                           meta={"geometry_tag": _geometry_tag(size, views), "image_size": size})
+def _write_inputs(
+    folder: Path, spec: dict[str, Any], size: int, views: int, model: Path | None = None
+) -> tuple[Path, Path, Path]:
+    """Model file (``model``, or one of the untrained ``spec``), slice (.npy) and the same slice as a DeepLesion PNG."""
+    if model is None:
+        model = save_mar_model(folder / "model.pt", build_from_spec(spec), spec,
+                               meta={"geometry_tag": _geometry_tag(size, views), "image_size": size})
     hu = np.array(resize_square(ct_slice_hu(), _SLICE_SIZE))
     hu[metal_mask(_SLICE_SIZE) > 0] = _METAL_HU
     np.save(folder / "slice.npy", hu)
@@ -225,7 +231,9 @@ def _write_inputs(folder: Path, spec: dict[str, Any], size: int, views: int) -> 
 def _cli_wall_seconds(model: Path, png: Path, out: Path, args: argparse.Namespace) -> list[float]:
     """Wall times of ``python -m eqmar.infer`` on one PNG slice."""
     command = [sys.executable, "-m", "eqmar.infer", "--checkpoint", str(model), "--input", str(png),
-               "--output", str(out), "--device", args.device, "--trace-model", args.trace_model, "--quiet"]
+               "--output", str(out), "--device", args.device, "--quiet"]
+    if args.trace_model is not None:
+        command += ["--trace-model", args.trace_model]
     seconds = []
     for _ in range(args.cli_runs):
         completed, wall = measure(lambda: subprocess.run(command, capture_output=True, text=True, cwd=_ROOT,
@@ -238,7 +246,7 @@ def _cli_wall_seconds(model: Path, png: Path, out: Path, args: argparse.Namespac
 
 def _end_to_end(spec: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="eqmar_bench_") as tmp:
-        model, slice_npy, png = _write_inputs(Path(tmp), spec, args.size, args.views)
+        model, slice_npy, png = _write_inputs(Path(tmp), spec, args.size, args.views, args.model)
         result: dict[str, Any] = {}
         if args.e2e_repeats:
             result = _in_subprocess("e2e", {"model": str(model), "slice": str(slice_npy), "device": args.device,
@@ -259,17 +267,20 @@ def _memory_cell(memory: dict[str, Any]) -> str:
 def _markdown(results: dict[str, Any]) -> str:
     net = results["network"]
     kwargs = ", ".join(f"{k}={v}" for k, v in net["spec"]["kwargs"].items())
-    lines = [f"## Inference: {net['spec']['backbone']} ({kwargs}; {net['parameters']:,} parameters), "
-             f"{results['size']} x {results['size']}, {results['device']}\n",
-             markdown_table(
-                 ["batch", "threads", "ms/image", "images/s", "peak memory above start (process)"],
-                 [[r["batch"], r["threads"], f"{r['ms_per_image']:.1f}", f"{r['images_per_s']:.3f}",
-                   _memory_cell(r["memory"])] for r in results["forward"]],
-             )]
+    title = f"{net['spec']['backbone']} ({kwargs}; {net['parameters']:,} parameters)"
+    lines = []
+    if results["forward"]:
+        lines += [f"## Inference: {title}, {results['size']} x {results['size']}, {results['device']}\n",
+                  markdown_table(
+                      ["batch", "threads", "ms/image", "images/s", "peak memory above start (process)"],
+                      [[r["batch"], r["threads"], f"{r['ms_per_image']:.1f}", f"{r['images_per_s']:.3f}",
+                        _memory_cell(r["memory"])] for r in results["forward"]],
+                  )]
     e2e = results.get("end_to_end")
     if e2e:
-        lines.append(f"\n## End to end: 512 px slice -> {results['size']} px working grid, {results['views']} views, "
-                     f"{results['trace_model']} trace\n")
+        model = f" ({results['model']}: {title})" if results.get("model") else ""
+        lines.append(f"\n## End to end{model}: 512 px slice -> {results['size']} px working grid, "
+                     f"{results['views']} views, {e2e.get('trace_model', results['trace_model'])} trace\n")
         rows = []
         if "slice_s" in e2e:
             rows += [[f"MARInference.correct_slice (median of {e2e['slice_s']['n']})", f"{e2e['slice_s']['median']:.3f} s"],
@@ -295,8 +306,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes per batch size (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
     parser.add_argument("--views", type=int, default=640, help="views of the end-to-end geometry (640: 640geo)")
-    parser.add_argument("--trace-model", choices=["interpolating", "line"], default="interpolating",
-                        help="metal trace model of the end-to-end runs (see python -m eqmar.infer --help)")
+    parser.add_argument("--trace-model", choices=["interpolating", "line"], default=None,
+                        help="metal trace model of the end-to-end runs (default: the model's; see python -m eqmar.infer "
+                        "--help)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="time the end-to-end path with this eqmar model file (forward table skipped)")
     parser.add_argument("--e2e-repeats", type=int, default=3, help="timed slices after a warm-up one (0: skip)")
     parser.add_argument("--cli-runs", type=int, default=1, help="cold python -m eqmar.infer runs on one slice (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
@@ -320,12 +334,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as error:
         parser.error(f"--device: {error}")
     _set_threads(args.threads)  # only so that the recorded machine info shows the workers' thread count
-    spec = network_spec_for(args.backbone, args.stages)
-    parameters = sum(p.numel() for p in build_from_spec(spec).parameters())
+    if args.model is not None:
+        from eqmar.apps.mar.inference import model_geometry
+        from eqmar.apps.mar.model_file import load_mar_model
+
+        network, payload = load_mar_model(args.model)
+        spec, geometry = payload["network"], model_geometry(payload.get("meta"), source=args.model)
+        args.size, args.views, args.batches = int(geometry.image_size), int(geometry.num_views), []
+        parameters = sum(p.numel() for p in network.parameters())
+    else:
+        spec = network_spec_for(args.backbone, args.stages)
+        parameters = sum(p.numel() for p in build_from_spec(spec).parameters())
     results: dict[str, Any] = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "worker"},
         "machine": machine_info(), "device": args.device, "size": args.size, "views": args.views,
         "trace_model": args.trace_model, "network": {"spec": spec, "parameters": parameters},
+        "model": str(args.model) if args.model is not None else None,
     }
     results["forward"] = [
         _in_subprocess("forward", {"network": spec, "device": args.device, "batch": batch, "size": args.size,

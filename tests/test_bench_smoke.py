@@ -145,6 +145,20 @@ def test_bench_inference_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_bench_inference_of_a_model_file(tmp_path: Path) -> None:
+    """--model times the end-to-end path of that file (its geometry, patches and trace) and skips the forward table."""
+    out = tmp_path / "inference.json"
+    model = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"
+    _run("bench_inference", "--model", str(model), "--device", "cpu", "--threads", "1", "--e2e-repeats", "1",
+         "--cli-runs", "0", "--json", str(out))
+    results = json.loads(out.read_text())
+    assert results["forward"] == [] and results["model"] == str(model)
+    e2e = results["end_to_end"]
+    assert e2e["working_size"] == 416 and e2e["views"] == 640 and e2e["trace_model"] == "line"  # the file's own
+    assert e2e["metal_pixels"] > 0 and e2e["slice_s"]["median"] > 0
+
+
+@pytest.mark.slow
 def test_bench_scaling_smoke(tmp_path: Path) -> None:
     out = tmp_path / "scaling.json"
     _run("bench_scaling", "--quick", "--threads", "1", "--json", str(out), "--markdown", str(tmp_path / "scaling.md"))
