@@ -90,15 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------------------- helpers
 def _is_nifti(path: Path) -> bool:
-    from eqmar.apps.mar.writers import NIFTI_SUFFIXES
+    from eqmar.data.ct_input import NIFTI_SUFFIXES
 
     return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
-def _is_dicom(path: Path) -> bool:
-    from pydicom.misc import is_dicom
-
-    return path.suffix.lower() in (".dcm", ".dicom") or is_dicom(path)
 
 
 def _load_mask(path: str | os.PathLike) -> np.ndarray:
@@ -305,18 +299,14 @@ def _group_series(images: list[tuple[Any, Path, np.ndarray]]) -> dict[str, list[
     return groups
 
 
-def _holds_dicom(folder: Path) -> bool:
-    from pydicom.misc import is_dicom
-
-    return any(is_dicom(f) for f in folder.iterdir() if f.is_file())
-
-
 def _input_kind(source: Path) -> str:
     """``"dicom"`` (file or series folder), ``"folder"`` (PNG/NIfTI files), ``"png"`` or ``"nifti"``."""
+    from eqmar.data.ct_input import holds_dicom, is_dicom_file
+
     if not source.exists():
         raise InferenceInputError(f"input not found: {source}")
     if source.is_dir():
-        if not _holds_dicom(source):
+        if not holds_dicom(source):
             return "folder"
         others = [f.name for f in sorted(source.iterdir())
                   if f.is_file() and (f.suffix.lower() == ".png" or _is_nifti(f))]
@@ -330,7 +320,7 @@ def _input_kind(source: Path) -> str:
         return "png"
     if _is_nifti(source):
         return "nifti"
-    if _is_dicom(source):
+    if is_dicom_file(source):
         return "dicom"
     raise InferenceInputError(f"{source}: unsupported input; expected a DeepLesion .png, NIfTI, DICOM file or folder")
 

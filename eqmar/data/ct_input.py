@@ -13,13 +13,16 @@ from __future__ import annotations
 import os
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-__all__ = ["AIR_MAX_HU", "CTInputError", "LoadCT", "LoadCTd", "check_ct_hu", "ct_input_kind"]
+__all__ = [
+    "AIR_MAX_HU", "NIFTI_SUFFIXES", "CTInputError", "LoadCT", "LoadCTd", "check_ct_hu", "ct_input_kind",
+    "exit_on_input_error", "holds_dicom", "is_dicom_file",
+]
 
 #: A CT slice in HU shows air (about -1000 HU) or the scanner's padding (-1024 HU and below) somewhere;
 #: an image whose lowest value is above this is not one (an MR, a photograph, stored values without
@@ -72,13 +75,39 @@ def check_ct_hu(image: Any, name: str) -> np.ndarray:
     return array
 
 
-def _is_dicom_file(path: Path) -> bool:
+def _has_dicom_marker(path: Path) -> bool:
     from pydicom.misc import is_dicom
 
     try:
         return is_dicom(path)
     except OSError:
         return False
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """A ``.dcm``/``.dicom`` file name, or a file with DICOM's preamble and ``DICM`` marker."""
+    path = Path(path)
+    return path.suffix.lower() in (".dcm", ".dicom") or _has_dicom_marker(path)
+
+
+def holds_dicom(folder: str | os.PathLike) -> bool:
+    """Whether any file directly in ``folder`` carries DICOM's marker (then the folder is read as a series).
+
+    The marker, not the name: an empty or foreign ``.dcm`` among other images does not make a series.
+    """
+    return any(f.is_file() and _has_dicom_marker(f) for f in Path(folder).iterdir())
+
+
+def exit_on_input_error(error: BaseException) -> NoReturn:
+    """For command-line runs: print ``error: <message>`` on one line to stderr and exit with status 2.
+
+    Raised from inside a framework (a MONAI bundle's config expressions, an Ignite engine) the
+    original exception would come out wrapped in several tracebacks; ``SystemExit`` passes them.
+    """
+    import sys
+
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 def ct_input_kind(path: str | os.PathLike, name: str | None = None) -> str:
@@ -92,7 +121,7 @@ def ct_input_kind(path: str | os.PathLike, name: str | None = None) -> str:
     if not path.exists():
         raise CTInputError(f"{name}: not found")
     if path.is_dir():
-        if any(f.is_file() and _is_dicom_file(f) for f in path.iterdir()):
+        if holds_dicom(path):
             return "dicom"
         raise CTInputError(f"{name}: folder holds no DICOM files (a NIfTI or PNG image must be given as a file)")
     lower = path.name.lower()
@@ -100,7 +129,7 @@ def ct_input_kind(path: str | os.PathLike, name: str | None = None) -> str:
         return "nifti"
     if lower.endswith(".png"):
         return "png"
-    if lower.endswith(".dcm") or _is_dicom_file(path):
+    if is_dicom_file(path):
         return "dicom"
     raise CTInputError(f"{name}: unsupported input; expected a NIfTI (.nii, .nii.gz), DICOM file or series folder, "
                        "or DeepLesion 16-bit PNG")
@@ -187,8 +216,5 @@ class LoadCTd(MapTransform):
             except CTInputError as error:
                 if not self.exit_on_error:
                     raise
-                import sys
-
-                print(f"error: {error}", file=sys.stderr, flush=True)
-                raise SystemExit(2) from None  # the line above says it all: no chained tracebacks
+                exit_on_input_error(error)
         return d

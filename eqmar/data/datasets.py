@@ -108,16 +108,23 @@ class SynDeepLesionDataset(Dataset):
             self._resized_masks[key] = resize_mask(self.masks[:, :, mask_index], size)
         return self._resized_masks[key]
 
+    def inputs(self, image_id: str, mask_index: int, size: int) -> dict[str, np.ndarray]:
+        """The network-side arrays of a pair: ``ma_CT``, ``LI_CT`` (and the sinograms) and the metal ``mask``.
+
+        Subclasses that read another kind of input override this (e.g.
+        :class:`eqmar.apps.mar.route.RouteInputsDataset`); ``size`` is the ground truth's side length.
+        """
+        keys = _IMAGE_KEYS + (_SINOGRAM_KEYS if self.with_sinograms else ())
+        pair = read_pair(self.layout.pair_path(image_id, mask_index), keys=keys)
+        return {**{k: pair[k] for k in keys}, "mask": self.metal_mask(mask_index, size)}
+
     def __getitem__(self, index: int) -> Any:
         image_id, mask_index = self.pair(index)
         gt = read_clean(self.layout.gt_path(image_id), keys=("image",))["image"]
-        keys = _IMAGE_KEYS + (_SINOGRAM_KEYS if self.with_sinograms else ())
-        pair = read_pair(self.layout.pair_path(image_id, mask_index), keys=keys)
         if gt.shape[0] != gt.shape[1]:
             raise ValueError(f"{self.layout.gt_path(image_id)}: image must be square, got {gt.shape}.")
-        sample: dict[str, Any] = {k: _channel_first(pair[k]) for k in keys}
+        sample: dict[str, Any] = {k: _channel_first(v) for k, v in self.inputs(image_id, mask_index, gt.shape[0]).items()}
         sample["gt"] = _channel_first(gt)
-        sample["mask"] = _channel_first(self.metal_mask(mask_index, gt.shape[0]))
         sample["mask_index"] = mask_index
         sample["image_id"] = image_id
         return apply_transform(self.transform, sample) if self.transform is not None else sample

@@ -60,8 +60,6 @@ logger = logging.getLogger("eqmar.mar.bundle")
 #: first when importable.
 LI_PROJECTORS = ("auto", "fanbeam", "parallel")
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
 
 @lru_cache(maxsize=1)
 def fanbeam_physics_available() -> bool:
@@ -554,10 +552,9 @@ def bundle_datalist(
     except (ValueError, FileNotFoundError) as error:
         if not exit_on_error:
             raise
-        import sys
+        from eqmar.data.ct_input import exit_on_input_error
 
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        exit_on_input_error(error)
 
 
 def _datalist(source: str | os.PathLike | Sequence[str | os.PathLike], key: str) -> list[dict[str, str]]:
@@ -572,13 +569,12 @@ def _datalist(source: str | os.PathLike | Sequence[str | os.PathLike], key: str)
         if not path.exists():
             raise FileNotFoundError(f"input not found: {path}")
         if path.is_dir():
-            from pydicom.misc import is_dicom
+            from eqmar.data.ct_input import NIFTI_SUFFIXES, holds_dicom
 
-            files = sorted(f for f in path.iterdir() if f.is_file())
-            if any(is_dicom(f) for f in files):
+            if holds_dicom(path):
                 items.append({key: str(path)})  # one series
                 continue
-            volumes = [f for f in files if f.name.lower().endswith(_NIFTI_SUFFIXES)]
+            volumes = sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().endswith(NIFTI_SUFFIXES))
             if not volumes:
                 raise ValueError(f"{path}: folder holds neither DICOM nor NIfTI (.nii, .nii.gz) files.")
             items.extend({key: str(f)} for f in volumes)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import re
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -438,9 +439,10 @@ class MARInference:
         )
 
 
-def _progress(items: range, enabled: bool, description: str) -> Any:
+def _progress(items: Sequence[Any], enabled: bool, description: str, unit: str = "slice") -> Any:
+    """``items`` behind a progress bar when ``enabled``."""
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=description, unit="slice")
+    return tqdm(items, desc=description, unit=unit)

@@ -24,14 +24,13 @@ can also learn from them:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, image_domain_li, threshold_metal_mask
+from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, _progress, image_domain_li, threshold_metal_mask
 from eqmar.data.datasets import SynDeepLesionDataset
 
 __all__ = ["ROUTE_METAL_THRESHOLD_HU", "ROUTE_TRACE_MODEL", "STORED_HU_RANGE", "RouteInputsDataset", "ensure_route_inputs", "route_inputs", "route_split_dir", "stored_hu"]
@@ -127,9 +126,8 @@ def ensure_route_inputs(
     if not todo:
         return folder
     projector = Projector(projector_geometry, device="cpu")
-    bar = _progress(len(todo), progress, f"route inputs ({split})")
     try:
-        for image_id, k in todo:
+        for image_id, k in _progress(todo, progress, f"route inputs ({split})", unit="pair"):
             pair_path = layout.pair_path(image_id, k)
             ma = read_pair(pair_path, keys=("ma_CT",))["ma_CT"]
             if ma.shape != (projector_geometry.image_size,) * 2:
@@ -137,11 +135,7 @@ def ensure_route_inputs(
                                  f"{projector_geometry.image_size} px")
             ma_route, li, mask = route_inputs(ma, projector, metal_threshold_hu, trace_model)
             _write_h5(_route_path(root, split, geometry, image_id, k), {"ma_CT": ma_route, "LI_CT": li, "mask": mask})
-            if bar is not None:
-                bar.update(1)
     finally:
-        if bar is not None:
-            bar.close()
         projector.close()
     return folder
 
@@ -149,49 +143,17 @@ def ensure_route_inputs(
 class RouteInputsDataset(SynDeepLesionDataset):
     """Pairs of a split with the route's inputs (see :func:`ensure_route_inputs`) instead of the protocol's.
 
-    Samples have the keys of :class:`~eqmar.data.datasets.SynDeepLesionDataset` (``ma_CT``,
-    ``LI_CT``, ``gt``, ``mask``, ``mask_index``, ``image_id``), with ``mask`` the route's threshold
-    mask.
-
-    Args:
-        root: SynDeepLesion root.
-        split: ``"train"`` or ``"test"``.
-        mask_indices: masks to pair with every image (their route files must exist).
-        transform: applied to each sample.
-        geometry: geometry tag of the split's folder.
+    Takes the arguments of :class:`~eqmar.data.datasets.SynDeepLesionDataset` (``root, split,
+    mask_indices, transform, geometry=...``); the route files of those masks must exist. Samples
+    have its keys (``ma_CT``, ``LI_CT``, ``gt``, ``mask``, ``mask_index``, ``image_id``), with
+    ``mask`` the route's threshold mask. Route files hold no sinograms.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        mask_indices: Sequence[int],
-        transform: Callable | None = None,
-        geometry: str = "640geo",
-    ) -> None:
-        super().__init__(root, split, mask_indices, transform, geometry=geometry)
-        self.route_root = Path(root)
+    def inputs(self, image_id: str, mask_index: int, size: int) -> dict[str, np.ndarray]:
+        """The route file's ``ma_CT``, ``LI_CT`` and threshold ``mask`` of the pair."""
+        from eqmar.data.syndeeplesion import _read_h5
 
-    def __getitem__(self, index: int) -> Any:
-        from monai.transforms import apply_transform
-
-        from eqmar.data.syndeeplesion import _read_h5, read_clean
-
-        image_id, mask_index = self.pair(index)
-        path = _route_path(self.route_root, self.layout.split, self.layout.geometry, image_id, mask_index)
-        route = _read_h5(path, ROUTE_KEYS, None)
-        gt = read_clean(self.layout.gt_path(image_id), keys=("image",))["image"]
-        sample: dict[str, Any] = {key: torch.from_numpy(np.ascontiguousarray(route[key], np.float32)[None])
-                                  for key in ROUTE_KEYS}
-        sample["gt"] = torch.from_numpy(np.ascontiguousarray(gt, np.float32)[None])
-        sample["mask_index"] = mask_index
-        sample["image_id"] = image_id
-        return apply_transform(self.transform, sample) if self.transform is not None else sample
-
-
-def _progress(total: int, enabled: bool, description: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="pair")
+        if self.with_sinograms:
+            raise ValueError("RouteInputsDataset: route files hold no sinograms (with_sinograms=True)")
+        layout = self.layout
+        return _read_h5(_route_path(layout.root, layout.split, layout.geometry, image_id, mask_index), ROUTE_KEYS, None)

@@ -209,7 +209,7 @@ class MARExperimentConfig:
 
         Starts from ``init_weights`` (the reference run's ``eqreg/model.pt``) on the reference data
         set and trains 3 000 more steps at the reference run's final learning rate, on a mix: half
-        of the samples keep the protocol's inputs (uniform patches, as the reference run), half
+        of the samples keep the protocol's inputs (patches centred on a random non-metal pixel), half
         carry the inputs the clinical route makes from a stored image (:mod:`eqmar.apps.mar.route`:
         clipped HU, threshold mask, image-domain LI with the line trace; every other training mask),
         each patch of those centred on a metal pixel, where the two kinds of input differ. Centring
@@ -467,9 +467,10 @@ def ensure_route_data(cfg: MARExperimentConfig, root: Path, tag: str) -> None:
         return
     from eqmar.apps.mar.inference import model_geometry
     from eqmar.apps.mar.route import ensure_route_inputs
-    from eqmar.data.datasets import SynDeepLesionTrainDataset
+    from eqmar.data.syndeeplesion import SynDeepLesionLayout, read_clean
 
-    size = int(SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks[:1], geometry=tag)[0]["gt"].shape[-1])
+    layout = SynDeepLesionLayout(root, "train", tag)
+    size = int(read_clean(layout.gt_path(layout.read_list()[0]), keys=("image",))["image"].shape[-1])
     geometry = model_geometry({"geometry_tag": tag, "image_size": size})
     ensure_route_inputs(root, "train", tag, geometry, route_data_masks(cfg), progress=cfg.progress)
 
@@ -482,14 +483,16 @@ def _training_set(cfg: MARExperimentConfig, root: Path, tag: str) -> tuple[Any, 
 
     route_crops = cfg.metal_crop_fraction if cfg.route_metal_crop_fraction is None else cfg.route_metal_crop_fraction
     mixed = cfg.route_fraction > 0.0
-    transform = _train_transform(cfg.patch_size, cfg.metal_crop_fraction, by_label=mixed and route_crops > 0.0)
+    # one loader collates both sets: both crop alike (a list of one sample) when either centres on metal
+    by_label = mixed and max(cfg.metal_crop_fraction, route_crops) > 0.0
+    transform = _train_transform(cfg.patch_size, cfg.metal_crop_fraction, by_label)
     draws = cfg.batch_size * cfg.iters_per_epoch
     train = SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks, geometry=tag, transform=transform)
     if not mixed:
         return train, RandomSampler(train, replacement=True, num_samples=draws)
     from eqmar.apps.mar.route import RouteInputsDataset
 
-    route_transform = _train_transform(cfg.patch_size, route_crops, by_label=cfg.metal_crop_fraction > 0.0)
+    route_transform = _train_transform(cfg.patch_size, route_crops, by_label)
     route = RouteInputsDataset(root, "train", route_data_masks(cfg), transform=route_transform, geometry=tag)
     weights = torch.cat([torch.full((len(train),), (1.0 - cfg.route_fraction) / len(train), dtype=torch.float64),
                          torch.full((len(route),), cfg.route_fraction / len(route), dtype=torch.float64)])

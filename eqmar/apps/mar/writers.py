@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from eqmar.data.ct_input import NIFTI_SUFFIXES
 from eqmar.utils import require_extra
 
 require_extra(__name__, "nibabel", "pydicom", "PIL")
@@ -58,7 +59,6 @@ MAR_SERIES_SUFFIX = " MAR (eqmar)"
 
 #: Added to the input's SeriesNumber for the corrected series (a series without a number gets this one).
 MAR_SERIES_NUMBER_OFFSET = 1000
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _LO_MAX_CHARS = 64  # DICOM VR LO (SeriesDescription) holds at most 64 characters
 
 
