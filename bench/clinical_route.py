@@ -18,12 +18,12 @@ scored too. Every (clean, ``ma_CT``) pair is turned into the stored image a scan
 
 * ``--phantoms N``: procedural test phantoms simulated by eqmar's own synthesis
   (:func:`eqmar.data.synthesis.synthesize_dataset`) at the model's geometry, with the test masks of
-  :func:`eqmar.ct.masks.generate_mask_set`;
+  :func:`eqmar.data.masks.generate_mask_set`;
 * ``--sample DIR``: a single-slice SynDeepLesion folder (``gt.h5``, ``0.h5`` … ``9.h5``,
   ``testmask.npy``), e.g. the published sample.
 
 Scores, all on the ground-truth grid and outside the ground-truth metal mask of the pair (the test
-mask resized by :func:`eqmar.ct.masks.resize_mask`, as :mod:`eqmar.data.datasets` does), so that
+mask resized by :func:`eqmar.data.masks.resize_mask`, as :mod:`eqmar.data.datasets` does), so that
 every method is scored on the same pixels whatever mask the route found:
 
 * the protocol PSNR/SSIM (:func:`eqmar.metrics.batch_mar_scores` on µ maps);
@@ -135,7 +135,7 @@ def load_sample_pairs(folder: str | Path, mask_indices: Sequence[int] = ALL_TEST
     Raises:
         InputError: a missing folder or file, or one that cannot be read as expected (the message names it).
     """
-    from eqmar.ct.masks import load_masks, resize_mask
+    from eqmar.data.masks import load_masks, resize_mask
     from eqmar.data.syndeeplesion import read_clean, read_pair
 
     folder = Path(folder)
@@ -191,7 +191,7 @@ def phantom_pairs(
         geometry: :class:`~eqmar.ct.geometry.FanBeamGeometry` to simulate with (the model's).
         workdir: folder for the simulated files (a SynDeepLesion-layout root).
         mask_indices: test masks to pair every phantom with.
-        mask_seed: seed of :func:`eqmar.ct.masks.generate_mask_set` (the demo trains with seed 0).
+        mask_seed: seed of :func:`eqmar.data.masks.generate_mask_set` (the demo trains with seed 0).
         data_seed: seed of the phantoms and of the simulated noise.
         kinds: phantom families (default: the families the demo trains on).
         device: projector device of the simulator.
@@ -199,7 +199,7 @@ def phantom_pairs(
     Raises:
         InputError: a mask with no metal left at the geometry's size, or a failed simulation.
     """
-    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.masks import generate_mask_set
     from eqmar.data.datasets import SynDeepLesionTestDataset
     from eqmar.data.synthesis import (
         DEMO_TRAIN_PHANTOMS,

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_mask_set(spec: str, seed: int) -> np.ndarray:
-    from eqmar.ct.masks import generate_mask_set, load_masks
+    from eqmar.data.masks import generate_mask_set, load_masks
 
     if spec == "generate":
         return generate_mask_set(seed=seed)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_list is not None and args.deeplesion is None:
         print("error: --image-list needs --deeplesion", file=sys.stderr)
         return 2
-    from eqmar.ct.masks import MASK_SET_SIZE
+    from eqmar.data.masks import MASK_SET_SIZE
     from eqmar.data.synthesis import SynthesisConfig, select_split_masks, synthesize_dataset
 
     config = SynthesisConfig(

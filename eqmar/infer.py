@@ -326,7 +326,8 @@ def _input_kind(source: Path) -> str:
 
 
 def _load_engine(args: argparse.Namespace) -> Any:
-    from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, MARInference, resolve_torch_device
+    from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, MARInference
+    from eqmar.utils import resolve_torch_device
 
     threshold = DEFAULT_METAL_THRESHOLD_HU if args.metal_threshold is None else args.metal_threshold
     try:

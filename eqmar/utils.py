@@ -1,4 +1,4 @@
-"""Small helpers shared across eqmar: optional dependencies and the command-line tools' parsing."""
+"""Small helpers shared across eqmar: optional dependencies, devices and threads, parsing, atomic writes."""
 
 from __future__ import annotations
 
@@ -7,11 +7,25 @@ import importlib.util
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
-__all__ = ["EXTRAS", "MissingExtraError", "atomic_write", "optional_import", "parse_index_ranges", "require_extra"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "EXTRAS",
+    "MissingExtraError",
+    "atomic_write",
+    "optional_import",
+    "parse_index_ranges",
+    "require_extra",
+    "resolve_torch_device",
+    "torch_threads",
+]
 
 #: The ``pip install eqmar[<extra>]`` that brings each optional package (import name -> extra).
 #: ``pip install eqmar`` itself needs torch, numpy, MONAI and Ignite only (EQ-Reg and the networks).
@@ -134,3 +148,45 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return target
+
+
+def resolve_torch_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU) or a torch device name, checked to exist.
+
+    Raises:
+        ValueError: for an unknown device name, or CUDA requested where it is not available.
+    """
+    import torch
+
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    return resolved
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``threads`` (None: leave it), then restore it.
+
+    Small convolutions gain little from threads, and on a shared CPU OpenMP spin-waiting can make
+    them far slower, so experiments may pin the count for their run only.
+
+    Raises:
+        ValueError: ``threads`` is not positive.
+    """
+    import torch
+
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be positive, got {threads}.")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -33,7 +33,6 @@ from eqmar.engines.cli import add_experiment_arguments, collect_overrides, run_e
 # argparse dest -> ClassificationConfig field, besides the flags every recipe shares
 FIELDS = {
     "data_seed": "data_seed",
-    "threads": "threads",
     "image_size": "image_size",
     "digit_size": "digit_size",
     "head": "head",
@@ -62,18 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-samples", type=int, help="use only the first N training images")
     p.add_argument("--eval-samples", type=int, help="score only the first N held-out images")
     p.add_argument("--data-seed", type=int, help="seed of the splits and random test angles (default 0)")
-    p.add_argument(
-        "--threads", type=int, default=1,
-        help="torch CPU threads (default 1: these small convolutions gain little from more, and on a busy "
-        "shared CPU extra threads spin-wait; 0 = torch's default)",
-    )
     return p
 
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
     return (f"{results['table']}\n\n{results['equivariance_table']}\n\n{results['data']['evaluation']} "
-            f"{results['data']['split']} images, {results['wall_seconds']:.0f} s; results: {cfg.output_dir / 'results.json'}, "
-            f"figures: {cfg.output_dir / 'accuracy_vs_angle.png'}")
+            f"{results['data']['split']} images, {results['wall_seconds']:.0f} s; results: {cfg.training.output_dir / 'results.json'}, "
+            f"figures: {cfg.training.output_dir / 'accuracy_vs_angle.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     from eqmar.apps.classify import ClassificationConfig, run_classification_experiment
 
     overrides = collect_overrides(args, FIELDS)
-    if args.threads == 0:
-        overrides.pop("threads")
     return run_experiment_cli(args, ClassificationConfig, run_classification_experiment, overrides, _summary)
 
 

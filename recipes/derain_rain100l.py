@@ -32,7 +32,6 @@ FIELDS = {
     "features": "features",
     "filters": "num_filters",
     "res_blocks": "num_res_blocks",
-    "threads": "threads",
     "train_images": "train_images",
     "test_images": "test_images",
     "test_size": "test_size",
@@ -55,14 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, help="use only the first N training pairs/photographs")
     p.add_argument("--test-images", type=int, help="score only the first N test pairs/photographs")
     p.add_argument("--test-size", type=int, help="score centred square test crops of at most this side")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for the demo, torch's default with --data)")
     return p
 
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
     return (f"{results['table']}\n\n{results['equivariance_table']}\n\nwall time {results['wall_seconds']:.0f} s; "
-            f"results: {cfg.output_dir / 'results.json'}, figures: {cfg.output_dir / 'examples.png'}, "
-            f"{cfg.output_dir / 'equivariance.png'}")
+            f"results: {cfg.training.output_dir / 'results.json'}, figures: {cfg.training.output_dir / 'examples.png'}, "
+            f"{cfg.training.output_dir / 'equivariance.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,6 @@ FIELDS = {
     "gamma": "gamma",
     "color": "color",
     "test_size": "test_size",
-    "threads": "threads",
 }
 
 
@@ -52,12 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, help="Poisson gain (default 0.05; 0 for no noise)")
     p.add_argument("--color", choices=["rgb", "grey"])
     p.add_argument("--test-size", type=int, help="cap on the side of the square test crops")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for the demo, torch's default with --data)")
     return p
 
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
-    out = cfg.output_dir
+    out = cfg.training.output_dir
     return (f"{results['table']}\n\n{results['equivariance_table']}\n\nwall time {results['wall_seconds']:.0f} s; "
             f"results: {out / 'results.json'}, {out / 'results.md'}; figures: {out / 'examples.png'}, "
             f"{out / 'equivariance.png'}")

@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
-    return (f"{results['table']}\n\nresults: {cfg.output_dir / 'results.json'}, figures: {cfg.output_dir / 'examples.png'}, "
-            f"{cfg.output_dir / 'equivariance.png'}")
+    return (f"{results['table']}\n\nresults: {cfg.training.output_dir / 'results.json'}, figures: {cfg.training.output_dir / 'examples.png'}, "
+            f"{cfg.training.output_dir / 'equivariance.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:

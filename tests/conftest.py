@@ -10,7 +10,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
-# EQMAR_CONFORMANCE_DIR points elsewhere, e.g. at a copy carried to a GPU machine (bench/device/run_checks.sh)
+# EQMAR_CONFORMANCE_DIR points elsewhere, e.g. at a copy of the sample on a GPU machine (bench/gpu_checks.sh)
 CONFORMANCE = Path(os.environ.get("EQMAR_CONFORMANCE_DIR") or SHARED / "conformance" / "syndeeplesion")
 
 
@@ -71,7 +71,7 @@ def make_tiny_syndeeplesion(root: Path, train_masks: int) -> Path:
     Mask set seed 4: every one of these masks keeps metal at 64 px (with seed 2, test mask 5 vanishes
     and synthesis refuses it).
     """
-    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.masks import generate_mask_set
     from eqmar.data.synthesis import SynthesisConfig, demo_sources, select_split_masks, synthesize_dataset
 
     config = SynthesisConfig(image_size=64, num_views=72)

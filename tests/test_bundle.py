@@ -50,7 +50,7 @@ def _disc(row: int, col: int, radius: float, size: int = SIZE) -> np.ndarray:
 
 def _simulated_insert(size: int, tag: str) -> dict[str, np.ndarray]:
     """A pelvis phantom with a simulated titanium insert at ``size`` px: ``artifact`` and ``clean`` HU."""
-    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.phantoms import phantom_slice
     from eqmar.ct.physics import mu_to_hu
     from eqmar.ct.simulator import SynDeepLesionSimulator
 

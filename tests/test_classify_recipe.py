@@ -77,7 +77,7 @@ def test_strict_classifier_predicts_the_same_class_at_the_four_right_angles(digi
 
 
 def test_eqreg_term_is_active_and_labels_are_repeated_not_rotated(tmp_path) -> None:
-    cfg = ClassificationConfig(max_train=32, max_eval=16, batch_size=8, epochs=1, weight=1.0, progress=False)
+    cfg = ClassificationConfig.demo_default(max_train=32, max_eval=16, batch_size=8, epochs=1, weight=1.0, progress=False)
     data = load_classification_data(max_train=32, max_eval=16)
     task, settings = build_task(cfg, data)
     network = task.make_network()

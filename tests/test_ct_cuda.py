@@ -5,11 +5,11 @@ pixel-driven back-projection), so on the same inputs both paths must agree close
 difference is the one documented in :mod:`eqmar.ct.projector`: ``Projector.forward`` on the CPU is
 ASTRA's line projector, which weights pixels by intersection length, while CUDA interpolates.
 
-Run on a GPU machine with ``bash bench/device/run_checks.sh`` (docs/benchmarks.md, "GPU checks").
+Run on a GPU machine with ``bash bench/gpu_checks.sh`` (docs/benchmarks.md, "GPU checks").
 Where the CPU path has measured accuracy figures (``test_ct_projector.py``,
 ``test_conformance_syndeeplesion.py``) the tolerances reuse them. The CPU-against-CUDA bounds on
-the forward projection (0.5 %) and on FBP (0.1 %) are set from the ray models instead: no GPU has
-run these tests yet. Record the values a GPU gives in docs/benchmarks.md, and tighten the bounds.
+the forward projection (0.5 %) and on FBP (0.1 %) are set from the ray models instead, as
+docs/benchmarks.md records no GPU measurement of them; the values a GPU gives belong there.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def test_recipe_trains_every_arm_on_a_tiny_rain100l_folder(tmp_path, capsys) -> 
         assert summary["iterations"] == 2, arm
         assert np.isfinite(summary["metrics"]["PSNR-Y"]) and 0 < summary["metrics"]["SSIM-Y"] <= 1
     assert results["meta"]["source"] == "Rain100L" and results["test_images"]["1"] == [3, 20, 28]  # whole images
-    assert results["config"]["y_channel"] and results["meta"]["derain"]["weight"] == 1e-8  # published λ with --data
+    assert results["config"]["y_channel"] and results["meta"]["derain"]["training"]["weight"] == 1e-8  # published λ with --data
     assert results["meta"]["regularised_layers"] == (2 + 2) * 2 * 1  # B-net convs: (S + 2) nets x 2 convs x 1 ResBlock
     printed = capsys.readouterr().out
     for row in ("| degraded input |", "| plain |", "| aug |", "| eqreg |", "| strict (P4) |"):

@@ -35,7 +35,7 @@ from eqmar.apps.mar.writers import (
     nifti_to_axial,
     write_deeplesion_png,
 )
-from eqmar.ct.phantoms import phantom_slice
+from eqmar.data.phantoms import phantom_slice
 from eqmar.infer import main
 
 TINY = {"num_stages": 2, "features": 8, "num_filters": 8, "num_res_blocks": 1}
@@ -181,7 +181,7 @@ def test_li_pipeline_reduces_streaks(model_path):
 
 
 def test_line_trace_covers_interpolating_trace(engine):
-    from eqmar.ct.masks import generate_mask_set, resize_mask
+    from eqmar.data.masks import generate_mask_set, resize_mask
 
     masks = resize_mask(generate_mask_set(seed=0, size=512)[:, :, :4], WORKING_SIZE).astype(bool)
     for k in range(masks.shape[2]):

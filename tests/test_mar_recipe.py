@@ -81,7 +81,7 @@ def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     assert mar_deeplesion.main(argv) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     arm = results["arms"]["eqreg"]
-    assert results["config"]["lr"] == 2e-4 and results["config"]["betas"] == [0.5, 0.999]  # published defaults
+    assert results["config"]["training"]["lr"] == 2e-4 and results["config"]["betas"] == [0.5, 0.999]  # published defaults
     assert arm["metrics"]["average"]["n"] == 10 and arm["iterations"] == 2
     assert arm["validation"]["val_mar_psnr"] > 0
     assert mar_deeplesion.main([*argv[:-1], "--train-masks", "9-1"]) == 2
@@ -158,7 +158,7 @@ def test_held_out_set_and_region_errors_are_part_of_the_output(tmp_path) -> None
     import h5py
 
     from eqmar.ct.physics import hu_to_mu
-    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.phantoms import phantom_slice
 
     extra = tmp_path / "gt.h5"
     with h5py.File(extra, "w") as f:

@@ -145,7 +145,8 @@ def test_clinical_preset_mixes_route_inputs_with_metal_centred_patches(tmp_path)
     assert cfg.route_fraction == 0.5 and cfg.metal_crop_fraction == 0.0 and cfg.route_metal_crop_fraction == 1.0
     assert route_data_masks(cfg) == tuple(range(0, 20, 2)) and cfg.train_masks == reference.train_masks
     assert cfg.demo == reference.demo  # the reference model's data set (and cache)
-    assert cfg.epochs * cfg.iters_per_epoch == 3000 and cfg.lr == reference.lr * reference.gamma ** 2
+    assert cfg.training.epochs * cfg.training.iters_per_epoch == 3000
+    assert cfg.training.lr == reference.training.lr * reference.training.lr_decay ** 2
     with pytest.raises(ValueError, match="route_fraction"):
         MARExperimentConfig.clinical_default(init_weights=model, route_fraction=1.5)
     with pytest.raises(ValueError, match="not training masks"):

@@ -49,7 +49,7 @@ def test_the_model_file_meta_names_the_patch_size() -> None:
 def test_inference_runs_the_unet_on_patches_when_its_model_file_asks(tmp_path) -> None:
     from eqmar.apps.mar.inference import MARInference
     from eqmar.apps.mar.model_file import build_from_spec, network_spec, save_mar_model
-    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.phantoms import phantom_slice
 
     torch.manual_seed(0)
     spec = network_spec("unet", features=[8, 8, 16, 32, 64, 8], zero_init_residual=False)

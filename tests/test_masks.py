@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from eqmar.ct.masks import (
+from eqmar.data.masks import (
     MASK_KINDS,
     PUBLISHED_TEST_MASK_AREAS,
     TEST_MASK_INDICES,

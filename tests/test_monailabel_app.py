@@ -178,7 +178,7 @@ def studies(tmp_path_factory) -> dict[str, Any]:
 
     from eqmar.apps.mar.inference import model_geometry
     from eqmar.apps.mar.writers import axial_to_nifti
-    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.phantoms import phantom_slice
     from eqmar.ct.physics import mu_to_hu
     from eqmar.ct.simulator import SynDeepLesionSimulator
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from eqmar.ct.phantoms import PHANTOM_KINDS, TISSUE_HU, TISSUES, demo_ct_slices, phantom_slice
+from eqmar.data.phantoms import PHANTOM_KINDS, TISSUE_HU, TISSUES, demo_ct_slices, phantom_slice
 
 # Tissues each kind must contain (anatomy check: lungs in the thorax, teeth in the head ...).
 REQUIRED = {

@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import argparse
 import runpy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from eqmar.engines.cli import add_experiment_arguments, collect_overrides, run_experiment_cli
+from eqmar.engines.cli import COMMON_FIELDS, add_experiment_arguments, collect_overrides, run_experiment_cli
+from eqmar.engines.config import TRAINING_FIELDS, TrainingConfig, with_overrides
 
 RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.py"))
 
 
 @dataclass
 class _Config:
-    output_dir: Path = Path("out")
     data: Path | None = None
-    epochs: int = 1
-    weight: float = 0.0
-    arms: tuple[str, ...] = ("plain",)
-    resume: bool = False
-    progress: bool = True
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(output_dir=Path("out"), arms=("plain",)))
 
     @classmethod
     def published(cls, data, **overrides):
-        return replace(cls(data=Path(data)), **overrides)
+        return with_overrides(cls(data=Path(data)), **overrides)
 
     @classmethod
     def demo_default(cls, **overrides):
-        return replace(cls(), **overrides)
+        return with_overrides(cls(), **overrides)
 
 
 def _run(cfg: _Config) -> dict:
-    if cfg.epochs < 0:
+    if cfg.training.epochs < 0:
         raise ValueError("epochs must be >= 0")
     return {"cfg": cfg}
 
@@ -54,11 +50,29 @@ def test_only_the_flags_a_user_sets_become_overrides() -> None:
 
 def test_run_experiment_cli_builds_the_demo_or_published_config(tmp_path, capsys) -> None:
     args = _parse(["--epochs", "2"])
-    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"epochs={r['cfg'].epochs}") == 0
+    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"epochs={r['cfg'].training.epochs}") == 0
     assert "epochs=2" in capsys.readouterr().out
     args = _parse(["--data", str(tmp_path)])
     assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"data={c.data}") == 0
     assert f"data={tmp_path}" in capsys.readouterr().out
+
+
+def test_training_settings_live_in_one_place() -> None:
+    """The common flags are TrainingConfig fields by name, so a rename there is the only change."""
+    assert set(COMMON_FIELDS) <= set(TRAINING_FIELDS)
+    parser = add_experiment_arguments(argparse.ArgumentParser(), "runs/x")
+    dests = {action.dest for action in parser._actions}
+    assert set(COMMON_FIELDS) <= dests
+    cfg = with_overrides(_Config(), epochs=4, weight=0.25, data=Path("d"))
+    assert (cfg.training.epochs, cfg.training.weight, cfg.data) == (4, 0.25, Path("d"))
+    assert cfg.training.arms == ("plain",)  # untouched settings keep the task's defaults
+    with pytest.raises(TypeError):
+        with_overrides(_Config(), no_such_setting=1)
+
+
+def test_threads_zero_means_torch_default() -> None:
+    assert collect_overrides(_parse(["--threads", "0"]))["threads"] is None
+    assert collect_overrides(_parse(["--threads", "2"]))["threads"] == 2
 
 
 @pytest.mark.parametrize("argv", [["--data", "/no/such/folder"], ["--epochs", "-1"]])

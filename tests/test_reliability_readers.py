@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from eqmar.ct.masks import generate_masks, load_masks
+from eqmar.data.masks import generate_masks, load_masks
 from eqmar.data.readers import DEEPLESION_HU_OFFSET, CTDicomReader, CTNiftiReader, DeepLesionPNGReader
 from eqmar.data.slices import load_ct_slices
 from eqmar.data.synthesis import ImageSource, SynthesisConfig, synthesize_dataset

@@ -188,7 +188,7 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_data(tmp_path: Pat
 
 def test_shards_sharing_the_output_folder_give_the_unsharded_data(tmp_path: Path) -> None:
     """--shard i/n into one --out: together the same files and list as one unsharded run; one report per shard."""
-    from eqmar.ct.masks import generate_masks
+    from eqmar.data.masks import generate_masks
     from eqmar.data.synthesis import SynthesisConfig, demo_sources, synthesize_dataset
 
     sources, masks = demo_sources(3, seed=7, split="train"), generate_masks(1, size=128, seed=0)

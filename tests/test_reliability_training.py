@@ -34,7 +34,7 @@ _ITERATION = re.compile(r"iteration=(\d+)\.pt$")
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two training images x two masks and one test image x the ten test masks, 64 px."""
-    from eqmar.ct.masks import generate_masks
+    from eqmar.data.masks import generate_masks
     from eqmar.data.synthesis import SynthesisConfig, demo_sources, synthesize_dataset
 
     root = tmp_path_factory.mktemp("syndeeplesion")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eqmar.engines import format_equivariance_table, merge_earlier_arms, note_earlier_arms
+from eqmar.engines import format_equivariance_table, merge_earlier_arms, note_earlier_arms, with_overrides
 from eqmar.engines import report as report_module
 from eqmar.equivariance import EquivarianceReport
 from eqmar.metrics import MARScores
@@ -161,7 +161,7 @@ def _classification(out: Path, arms: tuple[str, ...], **overrides):
 
     settings = dict(output_dir=out, arms=arms, epochs=1, batch_size=8, max_train=16, max_eval=16, angle_step=90.0,
                     random_draws=1, channels=(4, 8, 8), progress=False)
-    return ClassificationConfig(**{**settings, **overrides})
+    return with_overrides(ClassificationConfig(), **{**settings, **overrides})
 
 
 def test_a_second_arm_into_the_same_directory_keeps_the_first(tmp_path) -> None:
@@ -206,10 +206,10 @@ def test_restoration_merges_arms_and_writes_results_before_its_figures(tmp_path,
 
     out = tmp_path / "run"
     tiny = dict(output_dir=out, epochs=1, iters_per_epoch=2, batch_size=2, patch_size=32, test_size=32, progress=False)
-    run_inpainting_experiment(InpaintingConfig(arms=("strict",), **tiny))
+    run_inpainting_experiment(with_overrides(InpaintingConfig(), arms=("strict",), **tiny))
     monkeypatch.setattr(eqmar.equivariance, "plot_equivariance_report", _broken)
     with pytest.raises(RuntimeError, match="no display"):
-        run_inpainting_experiment(InpaintingConfig(arms=("plain",), **tiny))
+        run_inpainting_experiment(with_overrides(InpaintingConfig(), arms=("plain",), **tiny))
     written = json.loads((out / "results.json").read_text())
     assert list(written["arms"]) == ["plain", "strict"] and written["arms"]["strict"]["from_earlier_run"] is True
     markdown = (out / "results.md").read_text()

@@ -147,7 +147,7 @@ def test_layout_paths_and_list_files(tmp_path):
 
 
 def _make_root(tmp_path: Path, split: str, n_images: int, n_masks: int, rng, n=32, views=16, bins=21):
-    from eqmar.ct.masks import generate_masks
+    from eqmar.data.masks import generate_masks
 
     layout = SynDeepLesionLayout(tmp_path, split)
     ids = [f"{i + 1:06d}_01_01/{100 + i:03d}" for i in range(n_images)]
@@ -164,7 +164,7 @@ def test_train_dataset_pairs_every_image_with_every_mask(tmp_path):
     from monai.data import DataLoader
     from monai.transforms import Compose, ScaleIntensityRanged
 
-    from eqmar.ct.masks import resize_mask
+    from eqmar.data.masks import resize_mask
 
     rng = np.random.default_rng(2)
     layout, ids = _make_root(tmp_path, "train", n_images=2, n_masks=4, rng=rng)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from eqmar.ct.masks import generate_mask_set
+from eqmar.data.masks import generate_mask_set
 from eqmar.data.syndeeplesion import SynDeepLesionLayout
 from eqmar.data.synthesis import (
     ImageSource,
@@ -140,7 +140,7 @@ def test_own_scans_folder_of_nifti_and_dicom(tmp_path, masks) -> None:
     import nibabel as nib
     from pydicom.data import get_testdata_file
 
-    from eqmar.ct.phantoms import phantom_slice
+    from eqmar.data.phantoms import phantom_slice
     from eqmar.data.synthesis import volume_sources
 
     scans = tmp_path / "scans"

@@ -3,7 +3,7 @@
 An arc detector is centred on the source and samples the fan angle ``gamma`` uniformly:
 bin ``k`` looks along ``gamma_k = (k - (num_det - 1) / 2) * det_spacing`` (radians) measured from
 the central ray, towards the side where a flat detector's bin index grows
-(:func:`~eqmar.ct.backprojection.fan_view_frames`), so the two detectors' sinograms share their
+(:func:`~eqmar.ct.geometry.fan_view_frames`), so the two detectors' sinograms share their
 orientation.
 
 Filtered back-projection follows Kak & Slaney (*Principles of Computerized Tomographic Imaging*,
@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eqmar.ct.backprojection import fan_view_frames
-from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.ct.geometry import FanBeamGeometry, fan_view_frames
 from eqmar.utils import require_extra
 
 require_extra(__name__, "scipy")

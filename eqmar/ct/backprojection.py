@@ -27,16 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.ct.geometry import FanBeamGeometry, fan_flat_vectors, fan_view_frames, rotation_quarters
 from eqmar.utils import require_extra
 
 require_extra(__name__, "scipy")
 
 __all__ = [
     "PixelDrivenBackprojector",
-    "fan_flat_vectors",
-    "fan_view_frames",
-    "rotation_quarters",
     "BACKPROJECTION_WEIGHTINGS",
 ]
 
@@ -46,55 +43,6 @@ _DEFAULT_CACHE_BYTES = 1 << 30
 _VIEWS_PER_CHUNK = 16
 #: ``"adjoint"``: weight 1/L (both detectors); ``"fbp"``: 1/L^2, the equi-angular FBP (arc only).
 BACKPROJECTION_WEIGHTINGS = ("adjoint", "fbp")
-
-
-def fan_flat_vectors(geometry: FanBeamGeometry) -> np.ndarray:
-    """Per-view source, detector-centre and bin-step vectors in cm, shape ``(views, 6)``.
-
-    Columns are ``(src_x, src_y, det_x, det_y, u_x, u_y)`` in ASTRA's ``fanflat_vec`` convention
-    (image x to the right, y up), for ODL's angle convention (view angle theta puts the source at
-    ``R_s (-cos theta, -sin theta)``).
-    """
-    astra_angles = geometry.angles - np.pi / 2.0
-    sin, cos = np.sin(astra_angles), np.cos(astra_angles)
-    return np.stack(
-        [
-            sin * geometry.source_origin_cm,
-            -cos * geometry.source_origin_cm,
-            -sin * geometry.origin_det_cm,
-            cos * geometry.origin_det_cm,
-            cos * geometry.det_spacing,
-            sin * geometry.det_spacing,
-        ],
-        axis=1,
-    )
-
-
-def fan_view_frames(geometry: FanBeamGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-view source position and unit axes of the fan, for flat and arc detectors alike.
-
-    Returns:
-        ``(sources, central_axes, bin_axes)``, each ``(views, 2)`` float64: the source in cm, the
-        unit vector from the source through the rotation centre, and the unit vector along which
-        the bin index grows (the flat detector's bin step, :func:`fan_flat_vectors`). An arc bin
-        at fan angle ``gamma`` looks along ``cos(gamma) * central + sin(gamma) * bin_axis``, so
-        arc and flat bins of equal index lie on the same side of the central ray.
-    """
-    vectors = fan_flat_vectors(geometry)
-    sources, detector_centres, steps = vectors[:, 0:2], vectors[:, 2:4], vectors[:, 4:6]
-    central = detector_centres - sources
-    central /= np.linalg.norm(central, axis=1, keepdims=True)
-    bin_axes = steps / np.linalg.norm(steps, axis=1, keepdims=True)
-    return sources, central, bin_axes
-
-
-def rotation_quarters(geometry: FanBeamGeometry) -> int:
-    """4 when view ``v + V/4`` is view ``v`` turned by 90 degrees (``V`` a multiple of 4), else 1.
-
-    The centred square pixel grid maps onto itself under that turn, so a projector may compute a
-    quarter of the views and get the others by rotating images (``numpy.rot90``).
-    """
-    return 4 if geometry.num_views % 4 == 0 else 1
 
 
 class PixelDrivenBackprojector:

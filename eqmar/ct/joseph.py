@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from eqmar.ct.arc import arc_ray_directions
-from eqmar.ct.backprojection import fan_flat_vectors
-from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.ct.geometry import FanBeamGeometry, fan_flat_vectors
 
 __all__ = ["JosephForwardProjector"]
 

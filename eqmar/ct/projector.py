@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 
 from eqmar.ct.arc import ArcRampFilter, arc_astra_vectors
-from eqmar.ct.backprojection import PixelDrivenBackprojector, rotation_quarters
-from eqmar.ct.geometry import FanBeamGeometry
+from eqmar.ct.backprojection import PixelDrivenBackprojector
+from eqmar.ct.geometry import FanBeamGeometry, rotation_quarters
 from eqmar.ct.joseph import JosephForwardProjector
 from eqmar.utils import require_extra
 

@@ -60,7 +60,7 @@ class SynDeepLesionDataset(Dataset):
         geometry: str = DEFAULT_GEOMETRY,
         masks: np.ndarray | None = None,
     ) -> None:
-        from eqmar.ct.masks import load_masks
+        from eqmar.data.masks import load_masks
 
         self.layout = SynDeepLesionLayout(root, split, geometry)
         self.image_ids: list[str] = self.layout.read_list()
@@ -71,7 +71,7 @@ class SynDeepLesionDataset(Dataset):
             if not self.layout.mask_file.is_file():
                 raise FileNotFoundError(
                     f"metal mask file not found: {self.layout.mask_file} (expected (512, 512, N) uint8; "
-                    "see eqmar.ct.masks.generate_mask_set to make one)."
+                    "see eqmar.data.masks.generate_mask_set to make one)."
                 )
             masks = load_masks(self.layout.mask_file)
         self.masks = np.asarray(masks)
@@ -101,7 +101,7 @@ class SynDeepLesionDataset(Dataset):
 
     def metal_mask(self, mask_index: int, size: int) -> np.ndarray:
         """Mask ``mask_index`` resized to (size, size) by the protocol's rule; cached."""
-        from eqmar.ct.masks import resize_mask
+        from eqmar.data.masks import resize_mask
 
         key = (mask_index, size)
         if key not in self._resized_masks:

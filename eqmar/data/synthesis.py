@@ -78,7 +78,7 @@ class ImageSource:
     def load_hu(self) -> np.ndarray:
         """Return the slice in HU, float32, square."""
         if self.kind == "phantom":
-            from eqmar.ct.phantoms import phantom_slice
+            from eqmar.data.phantoms import phantom_slice
 
             return np.asarray(phantom_slice(self.variant, seed=self.index), dtype=np.float32)
         if self.kind == "pydicom-testdata":
@@ -198,7 +198,7 @@ def shard_sources(sources: Sequence[ImageSource], shard: tuple[int, int] = (0, 1
 
 def select_split_masks(masks: np.ndarray, split: str) -> np.ndarray:
     """Masks of one split: the standard 90/10 split of a 100-mask set, otherwise the stack as given."""
-    from eqmar.ct.masks import MASK_SET_SIZE, split_mask_set
+    from eqmar.data.masks import MASK_SET_SIZE, split_mask_set
 
     if masks.ndim != 3:
         raise ValueError(f"masks must be a (H, W, N) stack, got shape {masks.shape}")
@@ -371,7 +371,7 @@ def synthesize_dataset(
     Args:
         sources: the CT slices.
         masks: ``(512, 512, N)`` binary masks of this split (see :func:`select_split_masks`); saved
-            as ``<split>mask.npy`` (0/1). Checked by :func:`eqmar.ct.masks.check_mask_stack`
+            as ``<split>mask.npy`` (0/1). Checked by :func:`eqmar.data.masks.check_mask_stack`
             (a single (H, W) mask counts as N = 1, 0/255 values as 0/1).
         out_dir: data root.
         split: "train" or "test".
@@ -393,7 +393,7 @@ def synthesize_dataset(
         ValueError: invalid masks (see above), an empty mask among ``mask_indices``, mask indices
             out of range, an invalid shard or duplicate image ids; raised before anything is written.
     """
-    from eqmar.ct.masks import check_mask_stack
+    from eqmar.data.masks import check_mask_stack
     from eqmar.ct.simulator import resize_metal_mask
 
     config = config or SynthesisConfig()
@@ -600,7 +600,7 @@ def demo_sources(
         count: number of slices (CT_small included in the test split).
         seed: data seed; phantoms of seed ``s`` use phantom seeds ``1000 s + i`` (``+ 500`` in test).
         split: ``"train"`` or ``"test"``.
-        kinds: phantom families to cycle through (see :data:`eqmar.ct.phantoms.PHANTOM_KINDS`).
+        kinds: phantom families to cycle through (see :data:`eqmar.data.phantoms.PHANTOM_KINDS`).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -645,7 +645,7 @@ def file_sources(paths: Sequence[str | Path]) -> list[ImageSource]:
 
 
 def _check_phantom_kinds(kinds: Sequence[str]) -> None:
-    from eqmar.ct.phantoms import PHANTOM_KINDS
+    from eqmar.data.phantoms import PHANTOM_KINDS
 
     unknown = [k for k in kinds if k not in PHANTOM_KINDS]
     if not kinds or unknown:

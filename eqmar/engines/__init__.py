@@ -1,8 +1,9 @@
-"""Training workflows shared by every eqmar recipe: the arms, a configured trainer and the reports."""
+"""Training workflows shared by every eqmar recipe: the training settings, the arms, a configured trainer and the reports."""
 
 from __future__ import annotations
 
 from eqmar.engines.arms import ARMS, ArmComponents, EQRegSettings, build_arm
+from eqmar.engines.config import TRAINING_FIELDS, TrainingConfig, training_field, with_overrides
 from eqmar.engines.distributed import (
     ShardedSampler,
     add_distributed_arguments,
@@ -34,6 +35,8 @@ __all__ = [
     "STRICT_ARM",
     "ShardedSampler",
     "TaskSpec",
+    "TRAINING_FIELDS",
+    "TrainingConfig",
     "add_distributed_arguments",
     "build_arm",
     "arm_summary",
@@ -51,5 +54,7 @@ __all__ = [
     "plot_image_grid",
     "run_arms",
     "shard_loader",
+    "training_field",
+    "with_overrides",
     "write_results",
 ]

@@ -17,26 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from eqmar.engines.arms import ARMS
+from eqmar.engines.config import TRAINING_FIELDS
 from eqmar.engines.distributed import add_distributed_arguments, launch
 from eqmar.engines.experiment import STRICT_ARM
 
 __all__ = ["COMMON_FIELDS", "add_experiment_arguments", "collect_overrides", "run_experiment_cli"]
 
-# argparse dest -> experiment-config field, for the flags add_experiment_arguments defines.
-COMMON_FIELDS: dict[str, str] = {
-    "epochs": "epochs",
-    "iters_per_epoch": "iters_per_epoch",
-    "batch_size": "batch_size",
-    "patch_size": "patch_size",
-    "lr": "lr",
-    "lam": "weight",
-    "group": "group",
-    "reduction": "reduction",
-    "seed": "seed",
-    "device": "device",
-    "workers": "workers",
-    "checkpoint_interval": "checkpoint_interval",
-}
+# The flags of add_experiment_arguments whose argparse dest is a TrainingConfig field of the same name.
+COMMON_FIELDS: tuple[str, ...] = tuple(
+    name for name in TRAINING_FIELDS if name not in ("output_dir", "arms", "milestones", "lr_decay", "resume", "progress")
+)
 
 
 def add_experiment_arguments(
@@ -67,11 +57,16 @@ def add_experiment_arguments(
     if patches:
         parser.add_argument("--patch-size", type=int)
     parser.add_argument("--lr", type=float)
-    parser.add_argument("--lambda", dest="lam", type=float, help="EQ-Reg weight")
+    parser.add_argument("--lambda", dest="weight", type=float, help="EQ-Reg weight")
     parser.add_argument("--group", choices=["C2", "C4", "D4", "C8"], help="rotation group (strict arm: C2, C4 or D4)")
     parser.add_argument("--reduction", choices=["norm", "mean"], help="EQ-Reg residual: published Frobenius norm or RMS")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--threads", type=int,
+        help="torch CPU threads (default: the task's, 1 for the built-in demos, whose small convolutions gain "
+        "little from more while extra threads spin-wait on a busy CPU; 0 = torch's default)",
+    )
     parser.add_argument("--workers", type=int, help="data-loader workers")
     parser.add_argument("--checkpoint-interval", type=int, help="checkpoint every N iterations")
     parser.add_argument("--resume", action="store_true", help="continue each arm from its newest checkpoint")
@@ -80,9 +75,15 @@ def add_experiment_arguments(
 
 
 def collect_overrides(args: argparse.Namespace, fields: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Config-field overrides from the flags the user set (common ones plus ``fields``: dest -> field)."""
-    mapping = {**COMMON_FIELDS, **(fields or {})}
+    """Config overrides from the flags the user set: the training settings plus ``fields`` (dest -> task field).
+
+    The result goes to a task config's ``published``/``demo_default``, which apply it with
+    :func:`~eqmar.engines.config.with_overrides`.
+    """
+    mapping = {**{name: name for name in COMMON_FIELDS}, **(fields or {})}
     overrides = {field: getattr(args, dest) for dest, field in mapping.items() if getattr(args, dest, None) is not None}
+    if overrides.get("threads") == 0:
+        overrides["threads"] = None
     overrides.update(output_dir=args.out, resume=args.resume, progress=not args.no_progress)
     if args.arm:
         overrides["arms"] = tuple(dict.fromkeys(args.arm))

@@ -124,6 +124,8 @@ def config_as_json(cfg: Any) -> dict[str, Any]:
     def plain(value: Any) -> Any:
         if isinstance(value, Path):
             return str(value)
+        if isinstance(value, dict):  # a nested config, e.g. the TrainingConfig every task config holds
+            return {k: plain(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
             return [str(v) if isinstance(v, Path) else v for v in value]
         return value

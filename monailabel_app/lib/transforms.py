@@ -82,7 +82,7 @@ class RandMARSliced(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from eqmar.apps.mar.writers import nifti_to_axial
-        from eqmar.ct.masks import resize_mask
+        from eqmar.data.masks import resize_mask
         from eqmar.ct.physics import hu_to_mu, prepare_hu, resize_square
 
         d = dict(data)

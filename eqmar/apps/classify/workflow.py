@@ -48,7 +48,9 @@ from eqmar.engines import (
     run_arms,
     write_results,
 )
+from eqmar.engines.config import TrainingConfig, training_field, with_overrides
 from eqmar.networks.group_equivariant import count_parameters
+from eqmar.utils import resolve_torch_device, torch_threads
 
 __all__ = [
     "STRICT_ARMS",
@@ -83,8 +85,6 @@ class ClassificationConfig:
 
     Attributes:
         data: image-folder root (class sub-folders), or None for scikit-learn's digits.
-        output_dir: where results, figures and per-arm weights/checkpoints go.
-        arms: arms to run, from :data:`ALL_ARMS`.
         image_size: canvas side (divisible by ``2 ** (len(channels) - 1)`` so pooling commutes with rot90).
         digit_size: side of the box the digit is resized into (default: MNIST's 20/28 of the canvas).
         test_fraction: test share (when the data has no given test split).
@@ -95,30 +95,22 @@ class ClassificationConfig:
         head: "orientation-pool" or "linear" (see :mod:`eqmar.apps.classify.network`).
         norm: batch normalisation after every conv (per channel in the CNN, per field in the strict
             networks).
-        epochs: training epochs (each a pass over the training split).
-        batch_size: batch size before the rotated half is added.
-        lr: Adam learning rate (cosine decay to 0 over the epochs).
-        group: EQ-Reg / augmentation group ("C4" as published).
-        weight: EQ-Reg λ.
-        reduction: "mean" (root-mean-square residual per layer; λ independent of layer size) or
-            "norm" (the published Frobenius norm).
-        seed: training seed (weights, data order, rotation draws).
-        device: "auto", "cpu" or "cuda".
-        threads: CPU threads for torch (None: torch's default). Small convolutions gain little from
-            threads, and on a shared, busy CPU one thread per run avoids OpenMP contention.
         angle_step: spacing of the accuracy-vs-angle curve (degrees).
         random_draws: random test angles per image.
         max_train: use only the first N training images (quick runs, tests).
         max_eval: score only the first N held-out images.
-        workers: data-loader worker processes for training.
-        checkpoint_interval: checkpoint every this many iterations (0: at the end of each epoch).
-        resume: continue each arm from its newest checkpoint.
-        progress: progress bars.
+        training: the training settings (:class:`~eqmar.engines.TrainingConfig`; arms from
+            :data:`ALL_ARMS`, the strict ones included); epochs are passes
+            over the training split with Adam under cosine decay to 0; ``reduction`` "mean" (RMS
+            residual per layer, λ independent of layer size) by default; one CPU thread, since small
+            convolutions gain little from more and on a shared, busy CPU extra threads spin-wait.
     """
 
     data: Path | None = None
-    output_dir: Path = Path("runs/classify_rotated_digits")
-    arms: tuple[str, ...] = ("plain", "aug", "eqreg", "strict-p4", "strict-p4m")
+    training: TrainingConfig = training_field(
+        output_dir=Path("runs/classify_rotated_digits"), arms=("plain", "aug", "eqreg", "strict-p4", "strict-p4m"),
+        epochs=8, batch_size=32, lr=3e-3, group="C4", weight=0.1, reduction="mean", threads=1,
+    )
     image_size: int = 28
     digit_size: int | None = None
     test_fraction: float = 0.25
@@ -128,38 +120,26 @@ class ClassificationConfig:
     channels: tuple[int, ...] = (8, 16, 32)
     head: str = "orientation-pool"
     norm: bool = True
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 3e-3
-    group: str = "C4"
-    weight: float = 0.1
-    reduction: str = "mean"
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
     angle_step: float = 15.0
     random_draws: int = 4
     max_train: int | None = None
     max_eval: int | None = None
-    workers: int = 0
-    checkpoint_interval: int = 0
-    resume: bool = False
-    progress: bool = True
 
     @classmethod
     def published(cls, data: str | Path, **overrides: Any) -> ClassificationConfig:
         """The experiment on an image-folder data set (``DIR/<class>/*`` or ``DIR/train|test/<class>/*``)."""
-        return cls(data=Path(data), **overrides)
+        return with_overrides(cls(data=Path(data)), **overrides)
 
     @classmethod
     def demo_default(cls, **overrides: Any) -> ClassificationConfig:
         """The experiment on scikit-learn's bundled digits."""
-        return cls(**overrides)
+        return with_overrides(cls(), **overrides)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for unknown arms or sizes that break rot90 alignment of the pooling."""
-        unknown = [a for a in self.arms if a not in ALL_ARMS]
-        if unknown or not self.arms:
+        self.training.validate()
+        unknown = [a for a in self.training.arms if a not in ALL_ARMS]
+        if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; choose from {ALL_ARMS}.")
         step = 2 ** (len(self.channels) - 1)
         if self.image_size % step:
@@ -167,20 +147,12 @@ class ClassificationConfig:
                 f"image_size {self.image_size} must be divisible by {step} so that every 2x2 pooling step "
                 "sees an even size (otherwise pooling windows do not map onto each other under rot90)."
             )
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be positive.")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _make_optimizer(cfg: ClassificationConfig) -> Any:
     def make(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr)
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.training.lr)
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.training.epochs)
 
     return make
 
@@ -194,7 +166,7 @@ def build_task(cfg: ClassificationConfig, data: ClassificationData) -> tuple[Tas
     num_classes = len(data.class_names)
 
     def make_network() -> nn.Module:
-        return RotationClassifierCNN(1, num_classes, cfg.channels, cfg.group, cfg.head, cfg.norm)
+        return RotationClassifierCNN(1, num_classes, cfg.channels, cfg.training.group, cfg.head, cfg.norm)
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
         scores = evaluate_rotations(
@@ -208,15 +180,15 @@ def build_task(cfg: ClassificationConfig, data: ClassificationData) -> tuple[Tas
         make_optimizer=_make_optimizer(cfg),
         loss_function=nn.CrossEntropyLoss(),
         train_loader=make_loader(
-            data.train, cfg.batch_size, shuffle=True, drop_last=len(data.train) > cfg.batch_size, num_workers=cfg.workers
+            data.train, cfg.training.batch_size, shuffle=True, drop_last=len(data.train) > cfg.training.batch_size, num_workers=cfg.training.workers
         ),
         evaluate=evaluate,
-        max_epochs=cfg.epochs,
+        max_epochs=cfg.training.epochs,
         # Only the image rotates; the (B,) class labels are repeated for the rotated half.
         image_keys=("image",),
         probe_loader=[next(iter(make_loader(probe, len(probe))))],
     )
-    settings = EQRegSettings(weight=cfg.weight, group=cfg.group, layers=nn.Conv2d, reduction=cfg.reduction)  # type: ignore[arg-type]
+    settings = EQRegSettings(weight=cfg.training.weight, group=cfg.training.group, layers=nn.Conv2d, reduction=cfg.training.reduction)  # type: ignore[arg-type]
     return task, settings
 
 
@@ -230,8 +202,8 @@ def _run_strict_arm(
         task, make_strict_network=lambda: strict_classifier(reference, cfg.channels, group, 1, num_classes, cfg.norm)
     )
     result = run_arms(
-        strict_task, [STRICT_ARM], settings, seed=cfg.seed, device=device, output_dir=Path(cfg.output_dir) / name,
-        resume=cfg.resume, checkpoint_interval=cfg.checkpoint_interval, progress=cfg.progress,
+        strict_task, [STRICT_ARM], settings, seed=cfg.training.seed, device=device, output_dir=Path(cfg.training.output_dir) / name,
+        resume=cfg.training.resume, checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
     )[STRICT_ARM]
     result.arm = name
     return result
@@ -254,16 +226,16 @@ def arm_row(result: ArmResult | Mapping[str, Any]) -> dict[str, float]:
 def _train_arms(cfg: ClassificationConfig, data: ClassificationData, device: torch.device) -> dict[str, ArmResult]:
     """Train and score every configured arm, in the configured order."""
     task, settings = build_task(cfg, data)
-    cnn_arms = [a for a in cfg.arms if a in ARMS]
+    cnn_arms = [a for a in cfg.training.arms if a in ARMS]
     results: dict[str, ArmResult] = {}
     if cnn_arms:
         results.update(run_arms(
-            task, cnn_arms, settings, seed=cfg.seed, device=device, output_dir=cfg.output_dir, resume=cfg.resume,
-            checkpoint_interval=cfg.checkpoint_interval, progress=cfg.progress,
+            task, cnn_arms, settings, seed=cfg.training.seed, device=device, output_dir=cfg.training.output_dir, resume=cfg.training.resume,
+            checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
         ))
-    for name in (a for a in cfg.arms if a in STRICT_ARMS):
+    for name in (a for a in cfg.training.arms if a in STRICT_ARMS):
         results[name] = _run_strict_arm(name, cfg, task, settings, len(data.class_names), device)
-    return {arm: results[arm] for arm in cfg.arms}
+    return {arm: results[arm] for arm in cfg.training.arms}
 
 
 def _write_outputs(
@@ -272,11 +244,11 @@ def _write_outputs(
     """Tables, ``results.json`` and ``results.md``, then the figures; returns the JSON payload.
 
     The numbers are written before the figures are drawn, so a plotting failure cannot lose them.
-    Arms of an earlier run with the same settings into ``cfg.output_dir`` that this run does not
+    Arms of an earlier run with the same settings into ``cfg.training.output_dir`` that this run does not
     retrain stay in the results and tables (:func:`~eqmar.engines.merge_earlier_arms`); the figures
     show this run's arms only.
     """
-    out = Path(cfg.output_dir)
+    out = Path(cfg.training.output_dir)
     config = config_as_json(cfg)
     arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS, check=arm_row)
     digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
@@ -303,14 +275,14 @@ def _write_outputs(
     write_results(out, payload, [table, equivariance])
     plot_accuracy_curves(
         {arm: r.metrics["curve"] for arm, r in results.items()}, out / "accuracy_vs_angle.png",
-        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, seed {cfg.seed})",
+        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, seed {cfg.training.seed})",
     )
     # Strict networks are left out of this plot: their errors are zero, which a log axis cannot show.
     reports = {arm: r.equivariance for arm, r in results.items() if arm in ARMS and r.equivariance is not None}
     if reports:
         from eqmar.equivariance import plot_equivariance_report
 
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.group})")
+        plot_equivariance_report(reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.training.group})")
     return payload
 
 
@@ -322,18 +294,13 @@ def run_classification_experiment(cfg: ClassificationConfig) -> dict[str, Any]:
     """
     cfg.validate()
     started = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        device = _device(cfg.device)
+    with torch_threads(cfg.training.threads):
+        device = resolve_torch_device(cfg.training.device)
         data = load_classification_data(
             cfg.data, cfg.image_size, cfg.digit_size, cfg.test_fraction, cfg.val_fraction, cfg.evaluate_on,
             cfg.data_seed, cfg.max_train, cfg.max_eval,
         )
         results = _train_arms(cfg, data, device)
         payload = _write_outputs(cfg, data, results, device, time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(previous_threads)
     logger.info("classification experiment finished in %.1f s", payload["wall_seconds"])
     return payload

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from eqmar.engines import ARMS, STRICT_ARM, config_as_json
+from eqmar.engines.config import TrainingConfig, training_field, with_overrides
 
 __all__ = [
     "ALL_ARMS",
@@ -55,82 +56,50 @@ class DerainExperimentConfig:
             embedded photographs with synthetic rain.
         train_split: training sub-folder of ``data`` (an absolute path is used as is).
         test_split: test sub-folder of ``data``.
-        output_dir: results, figures, per-arm weights and checkpoints.
-        arms: arms to train, from :data:`ALL_ARMS`.
         in_channels: 3 (RGB, published) or 1 (grey).
         num_stages: RCDNet stages S.
         num_filters: rain kernels / rain-map channels.
         features: B-net width (divisible by the group order).
         num_res_blocks: ResBlocks per proximal net.
         strict_depth: group-conv layers of the strict baseline (its width matches RCDNet's parameters).
-        epochs: training epochs.
-        iters_per_epoch: iterations per epoch.
-        batch_size: batch size before the rotated half.
-        patch_size: training patch side.
-        lr: Adam learning rate.
-        milestones: epochs at which the learning rate is multiplied by ``gamma``.
-        gamma: the decay factor.
-        group: rotation group of aug/eqreg and of the strict baseline.
-        weight: EQ-Reg λ.
-        reduction: "norm" (published Frobenius norm) or "mean" (RMS; λ independent of batch/patch size).
         regularised: proximal nets whose convs carry EQ-Reg (the paper: the B-net, ``x_net``).
         train_images: use only the first N training pairs/photographs.
         test_images: score only the first N test pairs/photographs.
         test_size: cap on the side of square test crops (None: whole images for Rain100L, the largest
             square for photographs).
-        seed: training seed (weights, data order, crops, rain, rotations).
         test_seed: seed of the synthetic test rain.
         rain: :class:`~eqmar.apps.derain.transforms.RandRainStreaks` settings of the synthetic rain.
-        device: "auto", "cpu" or "cuda".
-        threads: torch CPU threads during the run (None: torch's default). The demo uses 1: its small
-            convolutions gain little from intra-op threads, and on a shared CPU OpenMP spin-waiting
-            made them far slower (the plain demo arm took 672 s with 2 threads and 32 s with 1 on a
-            2-core machine under load).
-        resume: continue each arm from its newest checkpoint.
-        workers: data-loader workers.
-        checkpoint_interval: checkpoint every N iterations (0: every epoch).
-        progress: progress bars.
+        training: the training settings (:class:`~eqmar.engines.TrainingConfig`; arms from
+            :data:`ALL_ARMS`; the strict baseline uses ``group``). The demo runs on one CPU thread: its
+            small convolutions gain little from intra-op threads, and on a shared CPU OpenMP
+            spin-waiting made them far slower (the plain demo arm took 672 s with 2 threads and 32 s
+            with 1 on a 2-core machine under load).
     """
 
     data: Path | None = None
     train_split: str = "train"
     test_split: str = "test"
-    output_dir: Path = Path("runs/derain_rain100l")
-    arms: tuple[str, ...] = ALL_ARMS
+    training: TrainingConfig = training_field(
+        output_dir=Path("runs/derain_rain100l"), arms=ALL_ARMS, epochs=100, iters_per_epoch=1000, batch_size=16,
+        patch_size=64, lr=1e-3, milestones=(25, 50, 75), lr_decay=0.2, weight=1e-8, group="C4", reduction="norm",
+    )
     in_channels: int = 3
     num_stages: int = 17
     num_filters: int = 32
     features: int = 36
     num_res_blocks: int = 4
     strict_depth: int = 5
-    epochs: int = 100
-    iters_per_epoch: int = 1000
-    batch_size: int = 16
-    patch_size: int = 64
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = (25, 50, 75)
-    gamma: float = 0.2
-    group: str = "C4"
-    weight: float = 1e-8
-    reduction: str = "norm"
     regularised: tuple[str, ...] = ("x_net",)
     train_images: int | None = None
     test_images: int | None = None
     test_size: int | None = None
-    seed: int = 0
     test_seed: int = 0
     rain: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    threads: int | None = None
-    resume: bool = False
-    workers: int = 0
-    checkpoint_interval: int = 0
-    progress: bool = True
 
     @classmethod
     def published(cls, data: str | Path, **overrides: Any) -> DerainExperimentConfig:
         """The published RCDNet + EQ-Reg protocol on a Rain100L root."""
-        return replace(cls(data=Path(data)), **overrides)
+        return with_overrides(cls(data=Path(data)), **overrides)
 
     @classmethod
     def demo_default(cls, **overrides: Any) -> DerainExperimentConfig:
@@ -141,7 +110,8 @@ class DerainExperimentConfig:
         nothing in a hundred iterations, so the demo uses the RMS residual ("mean", independent of
         batch and patch size) with λ = 1e-2, about 6 % of the loss at the start.
         """
-        base = cls(
+        base = with_overrides(
+            cls(),
             data=None,
             num_stages=3,
             num_filters=16,
@@ -154,28 +124,26 @@ class DerainExperimentConfig:
             patch_size=48,
             lr=1e-3,
             milestones=(4,),
-            gamma=0.2,
+            lr_decay=0.2,
             weight=1e-2,
             reduction="mean",
             test_size=192,
             threads=1,
         )
-        return replace(base, **overrides)
+        return with_overrides(base, **overrides)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for unknown arms, a strict arm without a strict group, or bad sizes."""
-        unknown = [a for a in self.arms if a not in ALL_ARMS]
-        if unknown or not self.arms:
+        self.training.validate()
+        unknown = [a for a in self.training.arms if a not in ALL_ARMS]
+        if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; choose from {ALL_ARMS}.")
-        if STRICT_ARM in self.arms and self.group not in _STRICT_GROUPS:
-            raise ValueError(f"the strict arm needs group in {_STRICT_GROUPS}, got {self.group!r}.")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be positive, got {self.threads}.")
+        if STRICT_ARM in self.training.arms and self.training.group not in _STRICT_GROUPS:
+            raise ValueError(f"the strict arm needs group in {_STRICT_GROUPS}, got {self.training.group!r}.")
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}.")
-        for name in ("epochs", "iters_per_epoch", "batch_size", "patch_size", "num_stages"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.num_stages < 1:
+            raise ValueError(f"num_stages must be positive, got {self.num_stages}.")
 
 
 def _group_order(group: str) -> int:
@@ -190,7 +158,7 @@ def build_rcdnet(cfg: DerainExperimentConfig) -> nn.Module:
 
     return RCDNet(
         in_channels=cfg.in_channels, num_stages=cfg.num_stages, num_filters=cfg.num_filters, features=cfg.features,
-        num_res_blocks=cfg.num_res_blocks, group_order=_group_order(cfg.group),
+        num_res_blocks=cfg.num_res_blocks, group_order=_group_order(cfg.training.group),
     )
 
 
@@ -198,7 +166,7 @@ def regularised_layers(cfg: DerainExperimentConfig, network: nn.Module) -> list[
     """Qualified names of the convs that carry EQ-Reg (the B-net convs by default)."""
     from eqmar.networks import background_conv_names
 
-    return background_conv_names(network, group_order=_group_order(cfg.group), which=cfg.regularised)
+    return background_conv_names(network, group_order=_group_order(cfg.training.group), which=cfg.regularised)
 
 
 def _strict_factory(cfg: DerainExperimentConfig, reference: nn.Module) -> Callable[[], nn.Module]:
@@ -206,7 +174,7 @@ def _strict_factory(cfg: DerainExperimentConfig, reference: nn.Module) -> Callab
     from eqmar.networks import count_parameters
 
     params = count_parameters(reference)
-    return lambda: matched_strict_network(params, cfg.in_channels, cfg.in_channels, depth=cfg.strict_depth, group=cfg.group)
+    return lambda: matched_strict_network(params, cfg.in_channels, cfg.in_channels, depth=cfg.strict_depth, group=cfg.training.group)
 
 
 def rain_degradation(cfg: DerainExperimentConfig) -> Any:
@@ -249,7 +217,7 @@ def _data(cfg: DerainExperimentConfig) -> dict[str, Any]:
 
 def restoration_config(cfg: DerainExperimentConfig) -> Any:
     """The :class:`~eqmar.apps.restoration.RestorationExperimentConfig` of this deraining experiment."""
-    from eqmar.apps.restoration import RestorationExperimentConfig, training_settings
+    from eqmar.apps.restoration import RestorationExperimentConfig
     from eqmar.losses import DerainLoss
     from eqmar.networks import count_parameters
 
@@ -275,9 +243,9 @@ def restoration_config(cfg: DerainExperimentConfig) -> Any:
         loss_function=DerainLoss(),
         y_channel=cfg.in_channels == 3,
         quantize=True,
-        **training_settings(cfg),
-        milestones=tuple(cfg.milestones),
-        lr_decay=cfg.gamma,
+        training=cfg.training,
+        test_seed=cfg.test_seed,
+        test_size=cfg.test_size,
         layers=regularised_layers(cfg, reference),
         square_test_crops=cfg.data is None or cfg.test_size is not None,
         size_multiple=4,
@@ -292,14 +260,6 @@ def run_derain_experiment(cfg: DerainExperimentConfig) -> dict[str, Any]:
     Returns:
         The ``results.json`` payload; ``"table"`` holds the Markdown arm table.
     """
-    import torch
-
     from eqmar.apps.restoration import run_restoration_experiment
 
-    previous = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return run_restoration_experiment(restoration_config(cfg))
-    finally:
-        torch.set_num_threads(previous)
+    return run_restoration_experiment(restoration_config(cfg))

@@ -15,7 +15,7 @@ whose width is divisible by the group order. Strict baseline: a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from eqmar.apps.inpaint.transforms import DEFAULT_MASK_RATE, DEFAULT_POISSON_GAMMA, RandPixelMaskd
 from eqmar.engines import ARMS, STRICT_ARM
+from eqmar.engines.config import TrainingConfig, training_field, with_overrides
 
 __all__ = [
     "InpaintingConfig",
@@ -48,40 +49,28 @@ class InpaintingConfig:
         features: the six ``BasicUNet`` widths (multiples of 4 so every inner conv is regularised).
         strict_depth: group-conv layers of the strict baseline.
         average_size: window of the masked average the networks correct (also a table row).
-        threads: torch CPU threads during the run (None: torch's default). The demo uses 1: its
-            small convolutions gain little from a second thread, and on a busy shared CPU OpenMP
-            spin-waiting made the plain arm take 528–674 s with 2 threads instead of 15–21 s.
-        weight: EQ-Reg λ (published Frobenius norm, summed over the regularised convs).
-        other fields: as :class:`~eqmar.apps.restoration.RestorationExperimentConfig`.
+        test_seed: seed of the test-set degradation.
+        test_size: cap on the side of the square test crops (None: the largest square).
+        training: the training settings (:class:`~eqmar.engines.TrainingConfig`; ``weight`` is the
+            EQ-Reg λ on the published Frobenius norm, summed over the regularised convs). The demo
+            runs on one CPU thread: its small convolutions gain little from a second thread, and on a
+            busy shared CPU OpenMP spin-waiting made the plain arm take 528–674 s with 2 threads
+            instead of 15–21 s.
     """
 
     data: Path | None = None
     color: str = "rgb"
-    output_dir: Path = Path("runs/inpaint_natural")
-    arms: tuple[str, ...] = (*ARMS, STRICT_ARM)
+    training: TrainingConfig = training_field(
+        output_dir=Path("runs/inpaint_natural"), arms=(*ARMS, STRICT_ARM), epochs=50, iters_per_epoch=200,
+        batch_size=16, patch_size=64, lr=1e-3, milestones=(25, 40), weight=1e-6, group="C4", reduction="norm",
+    )
     rate: float = DEFAULT_MASK_RATE
     gamma: float = DEFAULT_POISSON_GAMMA
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
     strict_depth: int = 5
     average_size: int = 3
-    epochs: int = 50
-    iters_per_epoch: int = 200
-    batch_size: int = 16
-    patch_size: int = 64
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = (25, 40)
-    weight: float = 1e-6
-    group: str = "C4"
-    reduction: str = "norm"
-    seed: int = 0
     test_seed: int = 0
     test_size: int | None = None
-    device: str = "auto"
-    resume: bool = False
-    checkpoint_interval: int = 0
-    progress: bool = True
-    workers: int = 0
-    threads: int | None = None
 
     @classmethod
     def published(cls, data: str | Path, **overrides: Any) -> InpaintingConfig:
@@ -93,7 +82,7 @@ class InpaintingConfig:
         epochs 25 and 40, λ = 1e-6 (chosen for the demo; the Frobenius norm grows with batch and
         patch size, so re-check it on validation images, or use ``reduction="mean"``).
         """
-        return replace(cls(data=Path(data)), **overrides)
+        return with_overrides(cls(data=Path(data)), **overrides)
 
     @classmethod
     def demo_default(cls, **overrides: Any) -> InpaintingConfig:
@@ -102,11 +91,11 @@ class InpaintingConfig:
         λ = 1e-6 was picked among 1e-6, 1e-5 and 1e-4 on a validation split of the training
         photographs (motorcycle held out, trained on the other three), never on the test images.
         """
-        base = cls(
-            data=None, features=(8, 8, 16, 16, 32, 8), epochs=10, iters_per_epoch=30, batch_size=8, patch_size=32,
+        base = with_overrides(
+            cls(), data=None, features=(8, 8, 16, 16, 32, 8), epochs=10, iters_per_epoch=30, batch_size=8, patch_size=32,
             milestones=(8,), test_size=256, weight=1e-6, threads=1,
         )
-        return replace(base, **overrides)
+        return with_overrides(base, **overrides)
 
     @property
     def channels(self) -> int:
@@ -138,7 +127,7 @@ def build_strict_network(cfg: InpaintingConfig) -> nn.Module:
     from eqmar.apps.inpaint.networks import build_inpainting_strict_network
 
     return build_inpainting_strict_network(
-        build_inpainting_network(cfg), cfg.channels, cfg.strict_depth, strict_group(cfg.group), cfg.average_size
+        build_inpainting_network(cfg), cfg.channels, cfg.strict_depth, strict_group(cfg.training.group), cfg.average_size
     )
 
 
@@ -159,36 +148,30 @@ def run_inpainting_experiment(cfg: InpaintingConfig) -> dict[str, Any]:
         The content of ``results.json``.
     """
     from eqmar.apps.inpaint.networks import MaskedAverage
-    from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment, training_settings
+    from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment
 
-    if cfg.patch_size < 32:
+    cfg.training.validate()
+    if cfg.training.patch_size < 32:
         # BasicUNet pools four times and instance-normalises: a 16-pixel patch leaves 1x1 maps.
-        raise ValueError(f"the U-Net needs patches of at least 32 pixels, got --patch-size {cfg.patch_size}.")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"threads must be positive, got {cfg.threads}.")
+        raise ValueError(f"the U-Net needs patches of at least 32 pixels, got --patch-size {cfg.training.patch_size}.")
     split = _split(cfg)
     source = "scikit-image bundled photographs" if cfg.data is None else str(cfg.data)
     experiment = RestorationExperimentConfig(
         task=f"inpainting ({cfg.rate:.0%} missing, Poisson γ = {cfg.gamma:g})",
         make_network=lambda: build_inpainting_network(cfg),
         make_strict_network=lambda: build_strict_network(cfg),
-        strict_group=strict_group(cfg.group),
+        strict_group=strict_group(cfg.training.group),
         train_items=split["train"],
         test_items=split["test"],
         degradation=inpainting_degradation(cfg.rate, cfg.gamma),
         image_channels=cfg.channels,
         baselines={f"masked {cfg.average_size}×{cfg.average_size} average": MaskedAverage(cfg.average_size)},
-        **training_settings(cfg),
-        milestones=cfg.milestones,
+        training=cfg.training,
+        test_seed=cfg.test_seed,
+        test_size=cfg.test_size,
         meta={
             "data": source, "color": cfg.color, "rate": cfg.rate, "gamma": cfg.gamma, "features": list(cfg.features),
             "strict_depth": cfg.strict_depth, "average_size": cfg.average_size,
         },
     )
-    previous = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return run_restoration_experiment(experiment)
-    finally:
-        torch.set_num_threads(previous)
+    return run_restoration_experiment(experiment)

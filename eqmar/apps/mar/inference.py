@@ -14,7 +14,7 @@ sinogram, so :class:`MARInference` rebuilds the three inputs from the reconstruc
    model's training size: payload meta ``"image_size"``, else the size in a reduced geometry tag
    such as ``"640geo_128px160v"``, else 416 (full 640geo). The image is resized bilinearly like
    the protocol's 512→416 step (:func:`eqmar.ct.physics.prepare_hu`, clipped at −1000 HU); the
-   mask with the protocol's rule (:func:`eqmar.ct.masks.resize_mask`). A metal object too small
+   mask with the protocol's rule (:func:`eqmar.data.masks.resize_mask`). A metal object too small
    to survive that rule (below about half a working pixel) is kept with the coverage rule
    instead: every working pixel that the metal touches. As in the protocol, which maps every
    512 px DeepLesion slice onto the same 416 px grid, the physical pixel spacing is not used.
@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqmar.utils import require_extra
+from eqmar.utils import require_extra, resolve_torch_device
 
 require_extra(__name__, "scipy", "tqdm", extra="infer")
 
@@ -69,7 +69,6 @@ __all__ = [
     "image_domain_li",
     "metal_trace_of",
     "TRACE_MODELS",
-    "resolve_torch_device",
 ]
 
 #: HU above which a pixel counts as metal when no mask is given (see module docstring).
@@ -176,23 +175,6 @@ def image_domain_li(
 
     trace = metal_trace_of(metal_mask, projector, trace_model)
     return projector.fbp(interpolate_trace(projector.forward(mu), trace))
-
-
-def resolve_torch_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU) or a torch device name, checked to exist.
-
-    Raises:
-        ValueError: for an unknown device name, or CUDA requested where it is not available.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
-    return resolved
 
 
 def _check_slice(hu: np.ndarray) -> np.ndarray:
@@ -343,7 +325,7 @@ class MARInference:
         return np.ascontiguousarray(corrected[crop], dtype=np.float32), info
 
     def _working_mask(self, mask: np.ndarray) -> tuple[np.ndarray, str]:
-        from eqmar.ct.masks import resize_mask
+        from eqmar.data.masks import resize_mask
         from eqmar.ct.physics import resize_square
 
         working = resize_mask(mask.astype(np.uint8), self.image_size).astype(bool)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,9 @@ from eqmar.engines import (
     run_arms,
     write_results,
 )
+from eqmar.engines.config import TrainingConfig, training_field, with_overrides
 from eqmar.engines.distributed import rank_device
+from eqmar.utils import resolve_torch_device, torch_threads
 
 __all__ = ["MARExperimentConfig", "run_mar_experiment", "build_network", "mar_network_spec", "mar_inference_roi",
            "ensure_demo_data", "ensure_holdout_data", "BACKBONES"]
@@ -55,29 +57,24 @@ BACKBONES = ("dicdnet", "acdnet", "oscnet", "unet")
 class MARExperimentConfig:
     """Settings of a MAR experiment (defaults: the published DICDNet protocol).
 
-    Attributes mirror the recipe's command-line flags; see ``recipes/mar_deeplesion.py --help``.
+    ``training`` holds the settings every experiment shares (:class:`~eqmar.engines.TrainingConfig`:
+    output folder, arms, schedule, optimiser, EQ-Reg, seed, device); the other attributes are the
+    MAR task's and mirror the recipe's command-line flags; see ``recipes/mar_deeplesion.py --help``.
     """
 
     data: Path | None = None
     geometry_tag: str = "640geo"
-    output_dir: Path = Path("runs/mar_deeplesion")
-    arms: tuple[str, ...] = ARMS
+    training: TrainingConfig = training_field(
+        output_dir=Path("runs/mar_deeplesion"), arms=ARMS, epochs=200, iters_per_epoch=800, batch_size=16,
+        patch_size=64, lr=2e-4, milestones=(30, 60, 90, 120, 150, 180), lr_decay=0.5, weight=1e-8, group="C4",
+        reduction="norm", checkpoint_interval=500,
+    )
     backbone: str = "dicdnet"
     num_stages: int = 10
     features: int = 36
     num_filters: int = 32
     num_res_blocks: int = 3
-    epochs: int = 200
-    iters_per_epoch: int = 800
-    batch_size: int = 16
-    patch_size: int = 64
-    lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
-    milestones: tuple[int, ...] = (30, 60, 90, 120, 150, 180)
-    gamma: float = 0.5
-    group: str = "C4"
-    weight: float = 1e-8
-    reduction: str = "norm"
     regularised: tuple[str, ...] | None = None
     train_masks: tuple[int, ...] = tuple(range(80))
     val_masks: tuple[int, ...] = tuple(range(80, 90))
@@ -85,12 +82,6 @@ class MARExperimentConfig:
     test_images: int | None = None
     holdout_images: tuple[Path, ...] = ()
     train_image_files: tuple[Path, ...] = ()
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    workers: int = 0
-    checkpoint_interval: int = 500
-    progress: bool = True
     init_weights: Path | None = None
     route_fraction: float = 0.0
     route_masks: tuple[int, ...] | None = None
@@ -132,7 +123,7 @@ class MARExperimentConfig:
     @classmethod
     def published(cls, data: Path, **overrides: Any) -> MARExperimentConfig:
         """The published DICDNet/EQ-Reg protocol on a SynDeepLesion root."""
-        return replace(cls(data=Path(data)), **overrides)
+        return with_overrides(cls(data=Path(data)), **overrides)
 
     @classmethod
     def demo_default(cls, **overrides: Any) -> MARExperimentConfig:
@@ -152,7 +143,8 @@ class MARExperimentConfig:
         """
         from eqmar.data.synthesis import DEMO_TRAIN_PHANTOMS, HOLDOUT_PHANTOMS
 
-        base = cls(
+        base = with_overrides(
+            cls(),
             data=None,
             backbone="unet",
             num_stages=3,
@@ -175,7 +167,7 @@ class MARExperimentConfig:
                   "test_images": 4, "seed": 0, "kinds": DEMO_TRAIN_PHANTOMS, "holdout": 4,
                   "holdout_kinds": HOLDOUT_PHANTOMS},
         )
-        return replace(base, **overrides)
+        return with_overrides(base, **overrides)
 
     @classmethod
     def reference_default(cls, **overrides: Any) -> MARExperimentConfig:
@@ -184,8 +176,8 @@ class MARExperimentConfig:
         Trains on built-in procedural anatomy of all four families (48 slices) plus any
         ``train_image_files`` (e.g. real DeepLesion training slices), each with 20 generated
         training masks; tests on the demo test images (CT_small and phantoms) at full geometry.
-        12 000 steps of batch 4 (+4 rotated) on 96×96 patches take about 80 min on one core of the
-        development machine. Checkpoints every 500 steps, so ``--resume`` continues an interrupted run.
+        12 000 steps of batch 4 (+4 rotated) on 96×96 patches take about 80 min on one core of a 2-core
+        x86_64 machine (``docs/results.md``). Checkpoints every 500 steps, so ``--resume`` continues an interrupted run.
         """
         from eqmar.data.synthesis import DEMO_PHANTOMS
 
@@ -201,7 +193,7 @@ class MARExperimentConfig:
             demo={"cache": ".cache/eqmar/mar_reference", "image_size": 416, "views": 640, "train_images": 48,
                   "test_images": 4, "seed": 0, "kinds": DEMO_PHANTOMS, "holdout": 0},
         )
-        return replace(base, **overrides)
+        return with_overrides(base, **overrides)
 
     @classmethod
     def clinical_default(cls, **overrides: Any) -> MARExperimentConfig:
@@ -214,7 +206,7 @@ class MARExperimentConfig:
         clipped HU, threshold mask, image-domain LI with the line trace; every other training mask),
         each patch of those centred on a metal pixel, where the two kinds of input differ. Centring
         the protocol's patches on metal too cost 2 dB on the published sample (``docs/results.md``).
-        About 15 min on one core of the development machine, plus about 12 min to make the route
+        About 13 min on one core of a 2-core x86_64 machine, plus about 12 min to make the route
         inputs once.
         """
         base = cls.reference_default(
@@ -228,7 +220,7 @@ class MARExperimentConfig:
             metal_crop_fraction=0.0,
             route_metal_crop_fraction=1.0,
         )
-        return replace(base, **overrides)
+        return with_overrides(base, **overrides)
 
 
 def _check_mask_indices(train_masks: Sequence[int], val_masks: Sequence[int]) -> None:
@@ -282,12 +274,6 @@ def _check_regularised_names(cfg: MARExperimentConfig) -> None:
         raise ValueError(f"regularised (--regularise): {error}") from None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def mar_network_spec(cfg: MARExperimentConfig) -> dict[str, Any]:
     """The backbone named by ``cfg.backbone`` with the configured width and depth, as a model spec."""
     from eqmar.apps.mar.model_file import network_spec
@@ -297,7 +283,7 @@ def mar_network_spec(cfg: MARExperimentConfig) -> dict[str, Any]:
     if cfg.backbone == "unet":
         width = cfg.features
         return network_spec("unet", features=[width, width, 2 * width, 4 * width, 8 * width, width])
-    order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.group]
+    order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.training.group]
     kwargs: dict[str, Any] = {
         "num_stages": cfg.num_stages, "features": cfg.features, "num_res_blocks": cfg.num_res_blocks, "group_order": order,
     }
@@ -313,7 +299,7 @@ def mar_inference_roi(cfg: MARExperimentConfig) -> int | None:
     (:mod:`eqmar.apps.mar.sliding`); the unrolled backbones normalise with batch statistics learned
     in training and run on whole slices, as published.
     """
-    return cfg.patch_size if cfg.backbone == "unet" else None
+    return cfg.training.patch_size if cfg.backbone == "unet" else None
 
 
 def build_network(cfg: MARExperimentConfig) -> nn.Module:
@@ -350,7 +336,7 @@ def regularised_layers(cfg: MARExperimentConfig, network: nn.Module) -> list[str
     from eqmar.networks import proximal_conv_names
 
     if cfg.backbone == "unet":
-        return convs_divisible_by(cfg.group)
+        return convs_divisible_by(cfg.training.group)
     return proximal_conv_names(network, which=cfg.regularised or PUBLISHED_REGULARISED[cfg.backbone])
 
 
@@ -358,8 +344,8 @@ def _check_regularised_layers(cfg: MARExperimentConfig, network: nn.Module, laye
     """Fail before any arm trains when the EQ-Reg layers do not fit the group (not after plain and aug)."""
     from eqmar.equivariance.layers import check_channel_divisibility, select_layers
 
-    if "eqreg" in cfg.arms:
-        check_channel_divisibility(select_layers(network, layers), cfg.group)
+    if "eqreg" in cfg.training.arms:
+        check_channel_divisibility(select_layers(network, layers), cfg.training.group)
 
 
 def _files_digest(files: Sequence[str]) -> str:
@@ -388,7 +374,7 @@ def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
 
     ``cfg.train_image_files`` are added to the training split (never to the test split).
     """
-    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.masks import generate_mask_set
     from eqmar.data.synthesis import DEMO_PHANTOMS, demo_sources, file_sources, select_split_masks, synthesize_dataset
 
     demo = cfg.demo
@@ -402,7 +388,7 @@ def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
         sources = demo_sources(count, demo["seed"], split, demo.get("kinds", DEMO_PHANTOMS))
         if split == "train":
             sources += file_sources(files)
-        report = synthesize_dataset(sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.progress)
+        report = synthesize_dataset(sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.training.progress)
         _raise_on_failure(report, split)
     return root, synth.resolve_tag()
 
@@ -416,7 +402,7 @@ def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
     with the ten test masks, at the demo geometry. Its folder name carries a digest of the extra
     files, so adding one makes a new set instead of mixing two.
     """
-    from eqmar.ct.masks import generate_mask_set
+    from eqmar.data.masks import generate_mask_set
     from eqmar.data.synthesis import HOLDOUT_PHANTOMS, holdout_sources, select_split_masks, synthesize_dataset
 
     demo = cfg.demo
@@ -427,7 +413,7 @@ def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
     synth = _demo_synthesis(demo)
     masks = select_split_masks(generate_mask_set(seed=demo["seed"]), "test")
     sources = holdout_sources(demo["holdout"], demo["seed"], demo.get("holdout_kinds", HOLDOUT_PHANTOMS), files)
-    _raise_on_failure(synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.progress), "held-out")
+    _raise_on_failure(synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.training.progress), "held-out")
     return root, synth.resolve_tag()
 
 
@@ -472,7 +458,7 @@ def ensure_route_data(cfg: MARExperimentConfig, root: Path, tag: str) -> None:
     layout = SynDeepLesionLayout(root, "train", tag)
     size = int(read_clean(layout.gt_path(layout.read_list()[0]), keys=("image",))["image"].shape[-1])
     geometry = model_geometry({"geometry_tag": tag, "image_size": size})
-    ensure_route_inputs(root, "train", tag, geometry, route_data_masks(cfg), progress=cfg.progress)
+    ensure_route_inputs(root, "train", tag, geometry, route_data_masks(cfg), progress=cfg.training.progress)
 
 
 def _training_set(cfg: MARExperimentConfig, root: Path, tag: str) -> tuple[Any, Any]:
@@ -485,14 +471,14 @@ def _training_set(cfg: MARExperimentConfig, root: Path, tag: str) -> tuple[Any, 
     mixed = cfg.route_fraction > 0.0
     # one loader collates both sets: both crop alike (a list of one sample) when either centres on metal
     by_label = mixed and max(cfg.metal_crop_fraction, route_crops) > 0.0
-    transform = _train_transform(cfg.patch_size, cfg.metal_crop_fraction, by_label)
-    draws = cfg.batch_size * cfg.iters_per_epoch
+    transform = _train_transform(cfg.training.patch_size, cfg.metal_crop_fraction, by_label)
+    draws = cfg.training.batch_size * cfg.training.iters_per_epoch
     train = SynDeepLesionTrainDataset(root, mask_indices=cfg.train_masks, geometry=tag, transform=transform)
     if not mixed:
         return train, RandomSampler(train, replacement=True, num_samples=draws)
     from eqmar.apps.mar.route import RouteInputsDataset
 
-    route_transform = _train_transform(cfg.patch_size, route_crops, by_label)
+    route_transform = _train_transform(cfg.training.patch_size, route_crops, by_label)
     route = RouteInputsDataset(root, "train", route_data_masks(cfg), transform=route_transform, geometry=tag)
     weights = torch.cat([torch.full((len(train),), (1.0 - cfg.route_fraction) / len(train), dtype=torch.float64),
                          torch.full((len(route),), cfg.route_fraction / len(route), dtype=torch.float64)])
@@ -506,16 +492,16 @@ def _loaders(cfg: MARExperimentConfig, root: Path, tag: str) -> dict[str, Any]:
     from eqmar.data.datasets import SynDeepLesionTestDataset, SynDeepLesionTrainDataset
 
     train, sampler = _training_set(cfg, root, tag)
-    loaders = {"train": DataLoader(train, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers)}
+    loaders = {"train": DataLoader(train, batch_size=cfg.training.batch_size, sampler=sampler, num_workers=cfg.training.workers)}
     test = SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd())
     if cfg.test_images is not None:
         test = Subset(test, range(min(len(test), cfg.test_images * len(test.mask_indices))))
-    loaders["test"] = DataLoader(test, batch_size=4, num_workers=cfg.workers)
+    loaders["test"] = DataLoader(test, batch_size=4, num_workers=cfg.training.workers)
     loaders["probe"] = [next(iter(DataLoader(Subset(test, range(min(4, len(test)))), batch_size=4)))]
     if cfg.val_masks and cfg.val_images:
         val = SynDeepLesionTrainDataset(root, mask_indices=cfg.val_masks, geometry=tag, transform=MARInputsd())
         val = Subset(val, range(min(len(val), cfg.val_images * len(cfg.val_masks))))
-        loaders["val"] = DataLoader(val, batch_size=4, num_workers=cfg.workers)
+        loaders["val"] = DataLoader(val, batch_size=4, num_workers=cfg.training.workers)
     return loaders
 
 
@@ -527,7 +513,7 @@ def _model_meta(cfg: MARExperimentConfig, tag: str, image_size: int, roi: int | 
     """
     from eqmar.apps.mar.route import ROUTE_METAL_THRESHOLD_HU, ROUTE_TRACE_MODEL
 
-    meta: dict[str, Any] = {"group": cfg.group, "weight": cfg.weight, "geometry_tag": tag, "image_size": image_size}
+    meta: dict[str, Any] = {"group": cfg.training.group, "weight": cfg.training.weight, "geometry_tag": tag, "image_size": image_size}
     if roi is not None:
         meta["inference_roi"] = roi
     if cfg.route_fraction > 0.0:
@@ -589,21 +575,26 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     """Run every configured arm, score LI and the arms on the test set, and write the results.
 
     Writes ``results.json``, ``results.md`` (the table), ``examples.png`` and ``equivariance.png``
-    into ``cfg.output_dir``, and per-arm checkpoints, TensorBoard logs and ``model.pt`` below it.
+    into ``cfg.training.output_dir``, and per-arm checkpoints, TensorBoard logs and ``model.pt`` below it.
     Arms that an earlier run with the same settings wrote to ``results.json`` there, and that this run
     does not retrain, stay in the results and the table (see :func:`~eqmar.engines.merge_earlier_arms`);
     the figures show this run's arms only. In a distributed run every rank calls it:
-    ``cfg.batch_size`` is the global batch, rank 0 synthesizes the demo set and writes the files, and
+    ``cfg.training.batch_size`` is the global batch, rank 0 synthesizes the demo set and writes the files, and
     every rank returns the same content.
 
     Returns:
         The content of ``results.json``.
     """
+    with torch_threads(cfg.training.threads):
+        return _run_mar_experiment(cfg)
+
+
+def _run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     from eqmar.losses import MARLoss
     from eqmar.metrics import MARScores, format_mar_table
 
-    device = rank_device(_device(cfg.device))
-    out = Path(cfg.output_dir)
+    device = rank_device(resolve_torch_device(cfg.training.device))
+    out = Path(cfg.training.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with main_process_first():  # the other ranks then find the demo set complete instead of writing it too
         root, tag = (Path(cfg.data), cfg.geometry_tag) if cfg.data is not None else ensure_demo_data(cfg)
@@ -617,12 +608,12 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
 
         loaders["holdout"] = DataLoader(
             SynDeepLesionTestDataset(holdout[0], geometry=holdout[1], transform=MARInputsd()), batch_size=4,
-            num_workers=cfg.workers,
+            num_workers=cfg.training.workers,
         )
 
     def make_optimizer(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, betas=cfg.betas)
-        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.gamma)
+        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.training.lr, betas=cfg.betas)
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.training.milestones), gamma=cfg.training.lr_decay)
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
         predictor = network_predictor(network, device, roi=roi)
@@ -642,22 +633,22 @@ def run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     probe_net = build_network(cfg)
     layers = regularised_layers(cfg, probe_net)
     _check_regularised_layers(cfg, probe_net, layers)
-    settings = EQRegSettings(weight=cfg.weight, group=cfg.group, layers=layers, reduction=cfg.reduction)  # type: ignore[arg-type]
+    settings = EQRegSettings(weight=cfg.training.weight, group=cfg.training.group, layers=layers, reduction=cfg.training.reduction)  # type: ignore[arg-type]
     task = TaskSpec(
         make_network=lambda: build_network(cfg),
         make_optimizer=make_optimizer,
         loss_function=MARLoss(),
         train_loader=loaders["train"],
         evaluate=evaluate,
-        max_epochs=cfg.epochs,
+        max_epochs=cfg.training.epochs,
         image_keys=("image", "label"),
         probe_loader=loaders["probe"],
         make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
         save_network=lambda network, path: save_mar_model(path, network, spec, meta=_model_meta(cfg, tag, image_size, roi)),
     )
     results = run_arms(
-        task, cfg.arms, settings, seed=cfg.seed, device=device, output_dir=out, resume=cfg.resume,
-        checkpoint_interval=cfg.checkpoint_interval, progress=cfg.progress,
+        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out, resume=cfg.training.resume,
+        checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
     )
     baselines = {
         "metal-affected": evaluate_mar(loaders["test"], input_predictor("ma_CT")),
@@ -722,7 +713,7 @@ def _write_outputs(
     write_results(out, payload, [payload["table"]])
     reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
     if reports:
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.group})")
+        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.training.group})")
     networks = {arm: r.network for arm, r in results.items()}
     rows, captions = _example_rows(test, networks, device, roi=mar_inference_roi(cfg))
     plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")

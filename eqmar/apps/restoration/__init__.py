@@ -18,7 +18,6 @@ from eqmar.apps.restoration.experiment import (
     run_restoration_experiment,
     strict_label,
     training_loader,
-    training_settings,
 )
 from eqmar.apps.restoration.metrics import (
     RestorationPSNR,
@@ -64,5 +63,4 @@ __all__ = [
     "square_crop_size",
     "strict_label",
     "training_loader",
-    "training_settings",
 ]

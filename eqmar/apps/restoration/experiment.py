@@ -35,8 +35,10 @@ from torch import nn
 
 from eqmar.apps.restoration.metrics import RestorationPSNR, RestorationSSIM, restoration_psnr, restoration_ssim
 from eqmar.apps.restoration.natural_images import square_crop_size
-from eqmar.engines import ARMS, STRICT_ARM, EQRegSettings, TaskSpec, run_arms
+from eqmar.engines import ARMS, STRICT_ARM, EQRegSettings, TaskSpec, TrainingConfig, config_as_json, run_arms
+from eqmar.engines.config import training_field
 from eqmar.engines.distributed import is_main_process
+from eqmar.utils import resolve_torch_device, torch_threads
 
 __all__ = [
     "RestorationExperimentConfig",
@@ -45,7 +47,6 @@ __all__ = [
     "degraded_test_items",
     "evaluate_restoration",
     "strict_label",
-    "training_settings",
 ]
 
 logger = logging.getLogger("eqmar.restoration")
@@ -77,19 +78,7 @@ class RestorationExperimentConfig:
             ``{"masked 3×3 average": MaskedAverage()}`` (name → module mapping ``"image"`` to an image).
         y_channel: score PSNR/SSIM on the BT.601 Y channel (deraining convention).
         quantize: score 8-bit quantised images.
-        arms: arms to train, in table order.
-        seed: seed of weights, data order, crops, degradations and rotations (identical per arm).
         test_seed: seed of the test-set degradation.
-        epochs: training epochs.
-        iters_per_epoch: iterations per epoch.
-        batch_size: batch size before the rotated half of ``aug``/``eqreg``.
-        patch_size: side of the square training patches (a multiple of 16 for U-Nets).
-        lr: Adam learning rate.
-        milestones: epochs at which the learning rate is multiplied by ``lr_decay``.
-        lr_decay: the factor.
-        weight: EQ-Reg weight λ.
-        group: rotation group of the ``aug``/``eqreg`` arms ("C4", "C2", "D4", "C8").
-        reduction: EQ-Reg norm ("norm": published Frobenius norm, "mean": RMS).
         layers: regularised layers (default: every conv whose width is divisible by the group order).
         test_size: cap on the side of the square test crops (None: the largest square).
         size_multiple: test-crop sides are multiples of this (16 for a 4-level U-Net).
@@ -99,13 +88,10 @@ class RestorationExperimentConfig:
         probe_images: how many test images the equivariance report uses (0: no report).
         examples: test images shown in ``examples.png``.
         example_crop: side of the centre crop shown in ``examples.png`` (None: whole image).
-        output_dir: where results, figures, checkpoints and per-arm weights go.
-        device: "auto", "cpu" or "cuda".
-        resume: continue each arm from its newest checkpoint.
-        checkpoint_interval: checkpoint every this many iterations (0: per epoch).
-        progress: progress bars.
-        workers: data-loader workers.
         meta: task settings recorded in ``results.json`` (degradation parameters, data source...).
+        training: the training settings (:class:`~eqmar.engines.TrainingConfig`; arms from plain / aug
+            / eqreg / strict, ``patch_size`` a multiple of ``size_multiple``); the same seed drives
+            weights, data order, crops, degradations and rotations, identically for every arm.
     """
 
     task: str
@@ -121,19 +107,11 @@ class RestorationExperimentConfig:
     baselines: Mapping[str, nn.Module] = field(default_factory=dict)
     y_channel: bool = False
     quantize: bool = False
-    arms: tuple[str, ...] = (*ARMS, STRICT_ARM)
-    seed: int = 0
+    training: TrainingConfig = training_field(
+        output_dir=Path("runs/restoration"), arms=(*ARMS, STRICT_ARM), epochs=5, iters_per_epoch=30, batch_size=8,
+        patch_size=48, lr=1e-3, weight=1e-6,
+    )
     test_seed: int = 0
-    epochs: int = 5
-    iters_per_epoch: int = 30
-    batch_size: int = 8
-    patch_size: int = 48
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.5
-    weight: float = 1e-6
-    group: str = "C4"
-    reduction: str = "norm"
     layers: Any = None
     test_size: int | None = None
     size_multiple: int = 16
@@ -142,38 +120,12 @@ class RestorationExperimentConfig:
     probe_images: int = 2
     examples: int = 2
     example_crop: int | None = 160
-    output_dir: Path = Path("runs/restoration")
-    device: str = "auto"
-    resume: bool = False
-    checkpoint_interval: int = 0
-    progress: bool = True
-    workers: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-# Settings a task config (deraining, inpainting) passes to the runner under the same names.
-_TRAINING_FIELDS = (
-    "seed", "test_seed", "epochs", "iters_per_epoch", "batch_size", "patch_size", "lr", "weight", "group",
-    "reduction", "test_size", "device", "resume", "checkpoint_interval", "progress", "workers",
-)
-
-
-def training_settings(task_config: Any) -> dict[str, Any]:
-    """The runner settings a task config shares by name (arms, budget, optimiser, EQ-Reg, devices, output)."""
-    settings = {name: getattr(task_config, name) for name in _TRAINING_FIELDS}
-    settings.update(arms=tuple(task_config.arms), output_dir=Path(task_config.output_dir))
-    return settings
 
 
 def strict_label(group: str) -> str:
     """Table name of the strict arm, e.g. "strict (P4)" for C4."""
     return f"strict ({_STRICT_NAMES.get(group, group)})"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _compose(*transforms: Callable | None) -> Any:
@@ -369,7 +321,7 @@ def _example_figure(
         rows.append(row)
         captions.append(caption)
     title = f"{cfg.task}: {names[0]} (dB) / {names[1]} of the shown crop"
-    return plot_image_grid(rows, Path(cfg.output_dir) / "examples.png", captions=captions, title=title)
+    return plot_image_grid(rows, Path(cfg.training.output_dir) / "examples.png", captions=captions, title=title)
 
 
 def _config_summary(cfg: RestorationExperimentConfig) -> dict[str, Any]:
@@ -381,6 +333,8 @@ def _config_summary(cfg: RestorationExperimentConfig) -> dict[str, Any]:
             summary[f.name] = [str(item.get("name", i)) for i, item in enumerate(value)]
         elif isinstance(value, Path):
             summary[f.name] = str(value)
+        elif isinstance(value, TrainingConfig):
+            summary[f.name] = config_as_json(value)
         elif f.name == "baselines":
             summary[f.name] = list(value)
         elif value is None or isinstance(value, (bool, int, float, str, tuple, list, dict)):
@@ -392,10 +346,10 @@ def _config_summary(cfg: RestorationExperimentConfig) -> dict[str, Any]:
 
 def _optimizer_factory(cfg: RestorationExperimentConfig) -> Callable[[nn.Module], tuple[torch.optim.Optimizer, Any]]:
     def make(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr)
+        optimizer = torch.optim.Adam(network.parameters(), lr=cfg.training.lr)
         scheduler = (
-            torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), gamma=cfg.lr_decay)
-            if cfg.milestones else None
+            torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.training.milestones), gamma=cfg.training.lr_decay)
+            if cfg.training.milestones else None
         )
         return optimizer, scheduler
 
@@ -406,7 +360,7 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     """Train every configured arm, score the degraded input and the arms, write results and figures.
 
     Writes ``results.json``, ``results.md``, ``examples.png`` and (with a probe) ``equivariance.png``
-    into ``cfg.output_dir``, and ``<arm>/model.pt``, checkpoints and TensorBoard logs below it. The
+    into ``cfg.training.output_dir``, and ``<arm>/model.pt``, checkpoints and TensorBoard logs below it. The
     results files are written before the figures are drawn. Arms that an earlier run with the same
     settings wrote to ``results.json`` there, and that this run does not retrain, stay in the results
     and tables (see :func:`~eqmar.engines.merge_earlier_arms`); the figures show this run's arms only.
@@ -414,6 +368,11 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     Returns:
         The content of ``results.json``; ``"table"`` and ``"equivariance_table"`` hold the Markdown.
     """
+    with torch_threads(cfg.training.threads):
+        return _run_restoration_experiment(cfg)
+
+
+def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, Any]:
     from eqmar.engines import (
         arm_summary,
         format_arm_table,
@@ -425,19 +384,19 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     from eqmar.equivariance import convs_divisible_by, plot_equivariance_report
 
     started = time.perf_counter()
-    unknown = [arm for arm in cfg.arms if arm not in (*ARMS, STRICT_ARM)]
+    unknown = [arm for arm in cfg.training.arms if arm not in (*ARMS, STRICT_ARM)]
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; choose from {(*ARMS, STRICT_ARM)}.")
-    if cfg.patch_size <= 0 or cfg.patch_size % cfg.size_multiple:
-        raise ValueError(f"patch size must be a positive multiple of {cfg.size_multiple}, got {cfg.patch_size}.")
+    if cfg.training.patch_size <= 0 or cfg.training.patch_size % cfg.size_multiple:
+        raise ValueError(f"patch size must be a positive multiple of {cfg.size_multiple}, got {cfg.training.patch_size}.")
     if not cfg.train_items or not cfg.test_items:
         raise ValueError("the experiment needs at least one training and one test image.")
-    device = _device(cfg.device)
-    out = Path(cfg.output_dir)
+    device = resolve_torch_device(cfg.training.device)
+    out = Path(cfg.training.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     loader = training_loader(
-        cfg.train_items, cfg.patch_size, cfg.batch_size, cfg.iters_per_epoch, cfg.degradation, cfg.load, cfg.workers
+        cfg.train_items, cfg.training.patch_size, cfg.training.batch_size, cfg.training.iters_per_epoch, cfg.degradation, cfg.load, cfg.training.workers
     )
     test = degraded_test_items(
         cfg.test_items, cfg.degradation, cfg.test_seed, cfg.load, cfg.test_size, cfg.size_multiple, cfg.square_test_crops
@@ -446,8 +405,8 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
     options = {"device": device, "y_channel": cfg.y_channel, "quantize": cfg.quantize}
 
     settings = EQRegSettings(
-        weight=cfg.weight, group=cfg.group, reduction=cfg.reduction,  # type: ignore[arg-type]
-        layers=cfg.layers if cfg.layers is not None else convs_divisible_by(cfg.group),
+        weight=cfg.training.weight, group=cfg.training.group, reduction=cfg.training.reduction,  # type: ignore[arg-type]
+        layers=cfg.layers if cfg.layers is not None else convs_divisible_by(cfg.training.group),
     )
     task = TaskSpec(
         make_network=cfg.make_network,
@@ -455,20 +414,20 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
         loss_function=cfg.loss_function,
         train_loader=loader,
         evaluate=lambda network: evaluate_restoration(network, test, **options),
-        max_epochs=cfg.epochs,
+        max_epochs=cfg.training.epochs,
         image_keys=_IMAGE_KEYS,
         probe_loader=probe or None,
         make_strict_network=cfg.make_strict_network,
     )
     results = run_arms(
-        task, cfg.arms, settings, seed=cfg.seed, device=device, output_dir=out, resume=cfg.resume,
-        checkpoint_interval=cfg.checkpoint_interval, progress=cfg.progress,
+        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out, resume=cfg.training.resume,
+        checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
     )
     references = {"degraded input": _DegradedInput(cfg.image_channels), **cfg.baselines}
     baselines = {name: evaluate_restoration(module.to(device), test, **options) for name, module in references.items()}
     config = _config_summary(cfg)
     order = (*ARMS, STRICT_ARM)  # every arm this runner knows (checked above), also those of earlier runs
-    labels = {arm: strict_label(cfg.strict_group or cfg.group) if arm == STRICT_ARM else arm for arm in order}
+    labels = {arm: strict_label(cfg.strict_group or cfg.training.group) if arm == STRICT_ARM else arm for arm in order}
     summaries = {arm: {**arm_summary(r), "label": labels[arm]} for arm, r in results.items()}
     names = _metric_names(cfg.y_channel)
 
@@ -495,9 +454,9 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     header = (
-        f"## {cfg.task}\n\nseed {cfg.seed}; {cfg.epochs} epochs × {cfg.iters_per_epoch} iterations of batch "
-        f"{cfg.batch_size} (+{cfg.batch_size} rotated for aug/eqreg), {cfg.patch_size}² patches, Adam {cfg.lr:g}; "
-        f"EQ-Reg {cfg.group}, λ = {cfg.weight:g} ({cfg.reduction}); test: {', '.join(payload['test_images'])}"
+        f"## {cfg.task}\n\nseed {cfg.training.seed}; {cfg.training.epochs} epochs × {cfg.training.iters_per_epoch} iterations of batch "
+        f"{cfg.training.batch_size} (+{cfg.training.batch_size} rotated for aug/eqreg), {cfg.training.patch_size}² patches, Adam {cfg.training.lr:g}; "
+        f"EQ-Reg {cfg.training.group}, λ = {cfg.training.weight:g} ({cfg.training.reduction}); test: {', '.join(payload['test_images'])}"
     )
     if not is_main_process():  # every rank evaluates alike; rank 0 alone writes files
         return payload
@@ -509,6 +468,6 @@ def run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, An
         # (its errors are in the table), so the figure shows the arms sharing the first arm's layers.
         first = list(next(iter(reports.values())).layers)
         same = {label: report for label, report in reports.items() if list(report.layers) == first}
-        plot_equivariance_report(same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.group})")
+        plot_equivariance_report(same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.training.group})")
     _example_figure(cfg, test, {**dict(cfg.baselines), **{labels[arm]: r.network for arm, r in results.items()}}, device)
     return payload
