@@ -78,7 +78,7 @@ import numpy
 leaked = sorted(m for m in ("odl", "astra", "spekpy", "xraydb") if m in sys.modules)
 if leaked:
     sys.exit(f"setup_env.sh: the app imported the simulation stack: {leaked}")
-from eqmar.apps.mar.bundle import fanbeam_physics_available
+from eqmar.apps.mar.inferer import fanbeam_physics_available
 
 print(f"numpy {numpy.__version__}; monailabel {monailabel.__version__}; fan-beam physics available: {fanbeam_physics_available()}")
 EOF

@@ -1,4 +1,4 @@
-"""The MONAI bundle ``bundles/eqmar_mar`` and its helpers (eqmar.apps.mar.bundle).
+"""The MONAI bundle ``bundles/eqmar_mar`` and the pieces it uses (eqmar.apps.mar.bundle, .inferer, .model_file).
 
 Inference runs the bundle's real configs in-process with ``monai.bundle.run`` (the CLI's code path
 without ``fire``) on a simulated metal-artifact phantom and checks that the shipped demo model
@@ -22,16 +22,18 @@ from conftest import ROOT
 
 yaml = pytest.importorskip("yaml", reason="the bundle's YAML configs need pyyaml (add it to eqmar's dependencies)")
 
-from eqmar.apps.mar.bundle import (  # noqa: E402
-    MARModelSaver,
-    MARVolumeInferer,
-    ParallelBeamProjector,
-    bundle_datalist,
-    fanbeam_physics_available,
-    load_mar_weights,
-)
+from eqmar.apps.mar.bundle import bundle_datalist  # noqa: E402
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, image_domain_li, model_geometry  # noqa: E402
-from eqmar.apps.mar.model_file import build_from_spec, load_mar_model, network_spec, save_mar_model  # noqa: E402
+from eqmar.apps.mar.inferer import MARVolumeInferer, fanbeam_physics_available  # noqa: E402
+from eqmar.apps.mar.model_file import (  # noqa: E402
+    MARModelSaver,
+    build_from_spec,
+    load_mar_model,
+    load_mar_weights,
+    network_spec,
+    save_mar_model,
+)
+from eqmar.ct.parallel import ParallelBeamProjector  # noqa: E402
 from eqmar.apps.mar.writers import axial_to_nifti, nifti_to_axial  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "eqmar_mar"

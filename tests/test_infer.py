@@ -294,7 +294,7 @@ def _run_cli(model_path: Path, source: Path, out: Path, *extra: str) -> int:
 
 
 def test_cli_help_and_default_threshold():
-    import eqmar.infer as cli
+    import eqmar.apps.mar.cli as cli
 
     assert float(cli._DEFAULT_THRESHOLD_TEXT) == DEFAULT_METAL_THRESHOLD_HU
     assert cli._TRACE_MODELS == TRACE_MODELS
@@ -302,6 +302,10 @@ def test_cli_help_and_default_threshold():
     assert result.returncode == 0
     for flag in ("--checkpoint", "--input", "--output", "--device", "--metal-threshold", "--mask"):
         assert flag in result.stdout
+    # --help needs none of the training stack: the MAR app resolves its names lazily
+    probe = "import sys, eqmar.infer; print('monai' in sys.modules, 'eqmar.apps.mar.workflow' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.split() == ["False", "False"]
 
 
 def test_cli_png_file_and_folder(model_path, metal_slice, tmp_path, capsys):

@@ -370,11 +370,7 @@ def test_cli_on_a_folder_mixing_good_and_bad_scans(tmp_path: Path, capsys: pytes
     for name, make in bad.items():
         make(scans / name)
     out = tmp_path / "out"
-    sys.path.insert(0, str(ROOT / "data_tools"))
-    try:
-        import synthesize_mar
-    finally:
-        sys.path.remove(str(ROOT / "data_tools"))
+    from eqmar.data import cli as synthesize_mar
     argv = ["--scans", str(scans), "--out", str(out), "--split", "test", "--mask-indices", "0", "--image-size", "64",
             "--views", "60", "--device", "cpu", "--no-progress"]
     assert synthesize_mar.main(argv) == 0

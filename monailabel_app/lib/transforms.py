@@ -5,7 +5,7 @@ the metal-affected CT volume and the label the artifact-free reference volume of
 (same grid, HU), e.g. a simulated pair. :class:`RandMARSliced` draws one axial slice with metal
 and builds what the MAR networks were trained on, at the model's working size: ``ma_CT``,
 ``LI_CT`` and ``gt`` in µ and the metal ``mask``, with the metal mask and LI made exactly as at
-inference (HU threshold; LI by :class:`eqmar.apps.mar.bundle.PortableMARInference`'s projector).
+inference (HU threshold; LI by :class:`eqmar.apps.mar.inferer.PortableMARInference`'s projector).
 """
 
 from __future__ import annotations
@@ -18,21 +18,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from eqmar.apps.mar.bundle import PortableMARInference
-from eqmar.apps.mar.inference import AIR_HU, DEFAULT_METAL_THRESHOLD_HU, image_domain_li
+from eqmar.apps.mar.inferer import PortableMARInference
+from eqmar.apps.mar.inference import AIR_HU, DEFAULT_METAL_THRESHOLD_HU, image_domain_li, pad_to_square
 
 __all__ = ["RandMARSliced"]
-
-
-def _square(image: np.ndarray, value: float) -> np.ndarray:
-    rows, cols = image.shape
-    side = max(rows, cols)
-    if rows == cols:
-        return image
-    canvas = np.full((side, side), value, dtype=image.dtype)
-    top, left = (side - rows) // 2, (side - cols) // 2
-    canvas[top : top + rows, left : left + cols] = image
-    return canvas
 
 
 class RandMARSliced(RandomizableTransform, MapTransform):
@@ -102,7 +91,7 @@ class RandMARSliced(RandomizableTransform, MapTransform):
 
         engine = self.engine()
         size = engine.image_size
-        ma_square, clean_square = _square(ma[k], AIR_HU), _square(clean[k], AIR_HU)
+        (ma_square, _), (clean_square, _) = pad_to_square(ma[k], AIR_HU), pad_to_square(clean[k], AIR_HU)
         metal = engine.metal_mask(ma_square)
         mask = resize_mask(metal.astype(np.uint8), size).astype(bool)
         if metal.any() and not mask.any():  # metal below half a working pixel: keep every touched pixel

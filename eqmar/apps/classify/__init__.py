@@ -15,7 +15,7 @@ from eqmar.apps.classify.data import (
 )
 from eqmar.apps.classify.evaluation import RIGHT_ANGLES, evaluate_rotations, predict, rotate_images
 from eqmar.apps.classify.figures import plot_accuracy_curves
-from eqmar.apps.classify.network import (
+from eqmar.networks.classifier import (
     HEADS,
     FieldBatchNorm,
     RotationClassifierCNN,

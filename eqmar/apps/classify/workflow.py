@@ -2,7 +2,7 @@
 
 Arms (identical seeds, data order and budget in epochs):
 
-- ``plain``, ``aug``, ``eqreg``: :class:`~eqmar.apps.classify.network.RotationClassifierCNN` on plain
+- ``plain``, ``aug``, ``eqreg``: :class:`~eqmar.networks.classifier.RotationClassifierCNN` on plain
   batches, on the paired batch ``[x ; g · x]`` (rot90 augmentation), and on the paired batch with
   EQ-Reg on every conv (:mod:`eqmar.engines.arms`). The class labels, a ``(B,)`` tensor, are
   repeated for the rotated half, not rotated (only the ``"image"`` key is): a rotated digit keeps
@@ -32,7 +32,7 @@ from torch import nn
 from eqmar.apps.classify.data import ClassificationData, load_classification_data, make_loader
 from eqmar.apps.classify.evaluation import evaluate_rotations
 from eqmar.apps.classify.figures import plot_accuracy_curves
-from eqmar.apps.classify.network import RotationClassifierCNN, strict_classifier
+from eqmar.networks.classifier import RotationClassifierCNN, strict_classifier
 from eqmar.engines import (
     ARMS,
     STRICT_ARM,
@@ -92,7 +92,7 @@ class ClassificationConfig:
         evaluate_on: "test", or "val" to choose settings on a validation split without the test set.
         data_seed: seed of the splits and of the random test angles (fixed across training seeds).
         channels: CNN stage widths (divisible by the group order).
-        head: "orientation-pool" or "linear" (see :mod:`eqmar.apps.classify.network`).
+        head: "orientation-pool" or "linear" (see :mod:`eqmar.networks.classifier`).
         norm: batch normalisation after every conv (per channel in the CNN, per field in the strict
             networks).
         angle_step: spacing of the accuracy-vs-angle curve (degrees).

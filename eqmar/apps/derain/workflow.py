@@ -170,7 +170,7 @@ def regularised_layers(cfg: DerainExperimentConfig, network: nn.Module) -> list[
 
 
 def _strict_factory(cfg: DerainExperimentConfig, reference: nn.Module) -> Callable[[], nn.Module]:
-    from eqmar.apps.restoration import matched_strict_network
+    from eqmar.networks.restoration import matched_strict_network
     from eqmar.networks import count_parameters
 
     params = count_parameters(reference)

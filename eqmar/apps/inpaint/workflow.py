@@ -8,7 +8,7 @@ not state its inpainting backbone or schedule, so neither configuration is "the 
 only the degradation (30 % of pixels missing, Poisson γ = 0.05) is.
 
 Network: MONAI ``BasicUNet`` on ``[noisy masked image, known-pixel mask]`` predicting a correction of
-the masked average of the observed pixels (:mod:`eqmar.apps.inpaint.networks`), EQ-Reg on every conv
+the masked average of the observed pixels (:mod:`eqmar.networks.inpainting`), EQ-Reg on every conv
 whose width is divisible by the group order. Strict baseline: a
 :class:`~eqmar.networks.StrictRestorationNet` of matched parameter count, same input, same estimate.
 """
@@ -112,7 +112,7 @@ def inpainting_degradation(rate: float = DEFAULT_MASK_RATE, gamma: float = DEFAU
 
 def build_inpainting_network(cfg: InpaintingConfig) -> nn.Module:
     """The residual ``BasicUNet``: ``(C + 1)`` input channels (image, mask) to ``C``, correcting the masked average."""
-    from eqmar.apps.inpaint.networks import build_inpainting_unet
+    from eqmar.networks.inpainting import build_inpainting_unet
 
     return build_inpainting_unet(cfg.channels, cfg.features, cfg.average_size)
 
@@ -124,7 +124,7 @@ def strict_group(group: str) -> str:
 
 def build_strict_network(cfg: InpaintingConfig) -> nn.Module:
     """The strict baseline (P4 for C4, P4M for D4) with the U-Net's parameter count."""
-    from eqmar.apps.inpaint.networks import build_inpainting_strict_network
+    from eqmar.networks.inpainting import build_inpainting_strict_network
 
     return build_inpainting_strict_network(
         build_inpainting_network(cfg), cfg.channels, cfg.strict_depth, strict_group(cfg.training.group), cfg.average_size
@@ -147,7 +147,7 @@ def run_inpainting_experiment(cfg: InpaintingConfig) -> dict[str, Any]:
     Returns:
         The content of ``results.json``.
     """
-    from eqmar.apps.inpaint.networks import MaskedAverage
+    from eqmar.networks.inpainting import MaskedAverage
     from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment
 
     cfg.training.validate()

@@ -1,38 +1,49 @@
-"""CT metal artifact reduction: inputs, evaluation with the SynDeepLesion metric, figures, the experiment."""
+"""CT metal artifact reduction: inputs, evaluation with the SynDeepLesion metric, figures, the experiment, inference.
+
+- :mod:`eqmar.apps.mar.workflow`: :class:`MARExperimentConfig` and :func:`run_mar_experiment`.
+- :mod:`eqmar.apps.mar.inference`: :class:`MARInference`, correction of stored HU slices and volumes.
+- :mod:`eqmar.apps.mar.inferer`: the MONAI inferer of HU volumes the bundle and the MONAI Label app use.
+- :mod:`eqmar.apps.mar.model_file`: the self-describing model file, its reader and its saver.
+- :mod:`eqmar.apps.mar.cli`: the ``eqmar-infer`` command line.
+
+Names are resolved lazily, so that the command line's ``--help`` does not import the training stack.
+"""
 
 from __future__ import annotations
 
-from eqmar.apps.mar.evaluation import evaluate_mar, input_predictor, network_predictor
-from eqmar.apps.mar.inference import (
-    DEFAULT_METAL_THRESHOLD_HU,
-    MARInference,
-    image_domain_li,
-    metal_trace_of,
-    model_geometry,
-    threshold_metal_mask,
-)
-from eqmar.apps.mar.figures import DISPLAY_WINDOW_HU, mu_to_hu, plot_mar_examples
-from eqmar.apps.mar.transforms import MARInputs, MARInputsd
-from eqmar.apps.mar.workflow import BACKBONES, MARExperimentConfig, build_network, ensure_demo_data, run_mar_experiment
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BACKBONES",
-    "DEFAULT_METAL_THRESHOLD_HU",
-    "MARInference",
-    "image_domain_li",
-    "metal_trace_of",
-    "model_geometry",
-    "threshold_metal_mask",
-    "DISPLAY_WINDOW_HU",
-    "MARExperimentConfig",
-    "MARInputs",
-    "MARInputsd",
-    "build_network",
-    "ensure_demo_data",
-    "evaluate_mar",
-    "input_predictor",
-    "mu_to_hu",
-    "network_predictor",
-    "plot_mar_examples",
-    "run_mar_experiment",
-]
+_EXPORTS = {
+    "evaluate_mar": "evaluation",
+    "input_predictor": "evaluation",
+    "network_predictor": "evaluation",
+    "DEFAULT_METAL_THRESHOLD_HU": "inference",
+    "MARInference": "inference",
+    "image_domain_li": "inference",
+    "metal_trace_of": "inference",
+    "model_geometry": "inference",
+    "threshold_metal_mask": "inference",
+    "DISPLAY_WINDOW_HU": "figures",
+    "mu_to_hu": "figures",
+    "plot_mar_examples": "figures",
+    "MARInputs": "transforms",
+    "MARInputsd": "transforms",
+    "BACKBONES": "workflow",
+    "MARExperimentConfig": "workflow",
+    "build_network": "workflow",
+    "ensure_demo_data": "workflow",
+    "run_mar_experiment": "workflow",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

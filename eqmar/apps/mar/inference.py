@@ -60,6 +60,7 @@ from eqmar.utils import require_extra, resolve_torch_device
 require_extra(__name__, "scipy", "tqdm", extra="infer")
 
 __all__ = [
+    "pad_to_square",
     "DEFAULT_IMAGE_SIZE",
     "DEFAULT_METAL_THRESHOLD_HU",
     "AIR_HU",
@@ -196,8 +197,11 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array > 0
 
 
-def _pad_to_square(image: np.ndarray, value: float) -> tuple[np.ndarray, tuple[slice, slice]]:
-    """Centre ``image`` in a square canvas filled with ``value``; also return the crop back."""
+def pad_to_square(image: np.ndarray, value: float) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Centre ``image`` in a square canvas filled with ``value``; also return the crop back.
+
+    The networks work on square grids; MAR inference and the MONAI Label trainer pad alike (with air).
+    """
     rows, cols = image.shape
     side = max(rows, cols)
     top, left = (side - rows) // 2, (side - cols) // 2
@@ -316,8 +320,8 @@ class MARInference:
                 else "the given metal mask is empty: slice returned unchanged"
             )
             return image.copy(), info
-        square, crop = _pad_to_square(image, AIR_HU)
-        square_mask, _ = _pad_to_square(mask, False)
+        square, crop = pad_to_square(image, AIR_HU)
+        square_mask, _ = pad_to_square(mask, False)
         working_mask, info["mask_rule"] = self._working_mask(square_mask)
         info["metal_pixels_working"] = int(working_mask.sum())
         corrected = self._restore(square, square_mask, working_mask)

@@ -5,21 +5,31 @@ A file written by :func:`save_mar_model` holds::
     {"format": "eqmar-mar-model/1", "network": {"backbone": ..., "kwargs": {...}},
      "state_dict": ..., "meta": {...}}
 
-:func:`load_mar_model` rebuilds the network and loads the weights strictly: a missing or unexpected
-key is an error, never a silently random layer.
+:func:`read_mar_weights` is the one reader of weight files: it accepts such model files, the
+training checkpoints of :func:`eqmar.engines.build_trainer`, ``{"model": state_dict}`` checkpoints
+and plain state dicts, and says which it found. :func:`load_mar_model` rebuilds the network from a
+model file; :func:`load_mar_weights` loads any of them into a network built elsewhere (a bundle's
+``network_def``). Both load strictly: a missing or unexpected key is an error, never a silently
+random layer. :class:`MARModelSaver` writes the model file at the end of bundle or MONAI Label training.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 __all__ = [
     "MODEL_FORMAT",
+    "MARModelSaver",
+    "MARWeights",
+    "load_mar_weights",
+    "read_mar_weights",
     "network_spec",
     "build_from_spec",
     "save_mar_model",
@@ -32,6 +42,24 @@ __all__ = [
 ]
 
 MODEL_FORMAT = "eqmar-mar-model/1"
+
+logger = logging.getLogger("eqmar.mar.model_file")
+
+
+class MARWeights(NamedTuple):
+    """What :func:`read_mar_weights` found in a file.
+
+    Attributes:
+        state: the network's state dict.
+        kind: ``"model"`` (an eqmar model file), ``"checkpoint"`` (a training checkpoint of
+            :func:`eqmar.engines.build_trainer`), ``"model-key"`` (``{"model": state_dict}``) or
+            ``"state_dict"`` (plain weights).
+        payload: for a model file, everything in it but the weights (network spec, meta); else None.
+    """
+
+    state: Mapping[str, torch.Tensor]
+    kind: str
+    payload: dict[str, Any] | None
 
 
 def network_spec(backbone: str, **kwargs: Any) -> dict[str, Any]:
@@ -65,6 +93,29 @@ def save_mar_model(path: str | Path, network: nn.Module, spec: dict[str, Any], m
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+def read_mar_weights(path: str | Path, map_location: str | torch.device = "cpu") -> MARWeights:
+    """The network weights a file holds, whichever of the accepted kinds it is (see :class:`MARWeights`).
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: a folder, an empty or unreadable file, or a file that holds no network weights.
+    """
+    path = Path(path)
+    payload = read_model_payload(path, map_location)
+    if isinstance(payload, Mapping) and payload.get("format") == MODEL_FORMAT:
+        state = payload.get("state_dict")
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{path}: the model file holds no state dict.")
+        return MARWeights(state, "model", {k: v for k, v in payload.items() if k != "state_dict"})
+    if (trained := checkpoint_network_weights(payload)) is not None:
+        return MARWeights(trained, "checkpoint", None)
+    if isinstance(payload, Mapping) and is_state_dict(payload.get("model")):
+        return MARWeights(payload["model"], "model-key", None)
+    if is_state_dict(payload):
+        return MARWeights(payload, "state_dict", None)
+    raise ValueError(f"{path}: holds no MAR network weights (expected an eqmar model file or a state dict).")
+
+
 def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and strictly load a model written by :func:`save_mar_model`.
 
@@ -78,34 +129,34 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
             description that cannot be built, or weights that do not match the network.
     """
     path = Path(path)
-    payload = read_model_payload(path, map_location)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        if checkpoint_network_weights(payload) is not None:
-            raise ValueError(_training_checkpoint_message(path))
-        if is_state_dict(payload):
-            raise ValueError(
-                f"{path}: bare weights ({len(payload)} tensors) without the network description, so the network "
-                f"cannot be rebuilt; use the model file <arm>/model.pt that training writes, or write one with "
-                f"eqmar.apps.mar.model_file.save_mar_model(path, network, network_spec(backbone, **kwargs), "
-                f"meta={{'geometry_tag': <the training data's geometry, e.g. '640geo'>}})."
-            )
-        raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).")
     try:
-        network = build_from_spec(payload.get("network"))
+        weights = read_mar_weights(path, map_location)
+    except ValueError as error:
+        if "holds no MAR network weights" not in str(error):
+            raise
+        raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).") from None
+    if weights.kind == "checkpoint":
+        raise ValueError(_training_checkpoint_message(path))
+    if weights.payload is None:
+        raise ValueError(
+            f"{path}: bare weights ({len(weights.state)} tensors) without the network description, so the network "
+            f"cannot be rebuilt; use the model file <arm>/model.pt that training writes, or write one with "
+            f"eqmar.apps.mar.model_file.save_mar_model(path, network, network_spec(backbone, **kwargs), "
+            f"meta={{'geometry_tag': <the training data's geometry, e.g. '640geo'>}})."
+        )
+    try:
+        network = build_from_spec(weights.payload.get("network"))
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
-    state = payload.get("state_dict")
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: the model file holds no state dict.")
-    backbone = payload["network"].get("backbone")
+    backbone = weights.payload["network"].get("backbone")
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(weights.state, strict=True)
     except RuntimeError as error:
         raise ValueError(
-            f"{path}: weights do not match the {backbone} network: {describe_weight_mismatch(network, state)}"
+            f"{path}: weights do not match the {backbone} network: {describe_weight_mismatch(network, weights.state)}"
         ) from error
     network.eval()
-    return network, {k: v for k, v in payload.items() if k != "state_dict"}
+    return network, weights.payload
 
 
 def read_model_payload(path: Path, map_location: str | torch.device = "cpu") -> Any:
@@ -226,3 +277,97 @@ def describe_weight_mismatch(network: nn.Module, state: Mapping[str, Any], limit
             more = f", ... ({len(keys)} in all)" if len(keys) > limit else ""
             parts.append(f"{len(keys)} key(s) {what}: {', '.join(keys[:limit])}{more}")
     return "; ".join(parts) or "the state dict does not load"
+
+
+def load_mar_weights(network: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load the weights of a MAR model file into ``network`` strictly and return it.
+
+    Accepts what :func:`read_mar_weights` reads: the self-describing files of :func:`save_mar_model`, the
+    training checkpoints of :func:`eqmar.engines.build_trainer` (the network under ``"network"``),
+    ``{"model": state_dict}`` checkpoints (MONAI's ``CheckpointSaver`` with that key) and plain
+    state dicts. ``network`` supplies the architecture that a checkpoint does not describe.
+
+    Raises:
+        FileNotFoundError: missing file (with how to make one).
+        ValueError: a folder or an empty file, a file that holds no state dict, or weights that do not
+            fit ``network`` (naming the missing, unexpected and reshaped keys).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"MAR model file not found: {path}. Train one with recipes/mar_deeplesion.py (see the bundle's "
+            "docs/README.md) or the bundle's configs/train.yaml."
+        )
+    state = read_mar_weights(path).state
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path}: weights do not match the bundle's network_def ({type(network).__name__}): "
+            f"{describe_weight_mismatch(network, state)} (check network_spec against the model file)"
+        ) from error
+    return network
+
+
+class MARModelSaver:
+    """Ignite handler writing an eqmar MAR model file when training completes.
+
+    The file (:func:`~eqmar.apps.mar.model_file.save_mar_model`) carries the network spec and the
+    geometry meta that :class:`~eqmar.apps.mar.inferer.MARVolumeInferer` and ``python -m eqmar.infer`` need.
+
+    Args:
+        path: output model file.
+        network: the trained network (a DDP wrapper is unwrapped).
+        spec: the network's :func:`~eqmar.apps.mar.model_file.network_spec`; checked on save by
+            rebuilding the network from it and loading the weights strictly.
+        geometry_tag: geometry of the training data (e.g. ``"640geo"`` or ``"640geo_128px160v"``).
+        image_size: working image size; default from ``geometry_tag``.
+        meta: more meta entries (e.g. EQ-Reg group and weight).
+        epoch_level: also save after every epoch.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        network: nn.Module,
+        spec: Mapping[str, Any],
+        geometry_tag: str,
+        image_size: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+        epoch_level: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.network = network
+        self.spec = {"backbone": spec["backbone"], "kwargs": dict(spec.get("kwargs", {}))}
+        self.meta: dict[str, Any] = {"geometry_tag": str(geometry_tag), **dict(meta or {})}
+        if image_size is not None:
+            self.meta["image_size"] = int(image_size)
+        self.epoch_level = bool(epoch_level)
+        self._saved_at: int | None = None
+
+    def attach(self, engine: Any) -> None:
+        """Save at ``COMPLETED`` (and ``EPOCH_COMPLETED`` when ``epoch_level``)."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+        if self.epoch_level:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Any = None) -> Path:
+        from eqmar.equivariance import unwrap_network
+
+        iteration = None if engine is None else int(engine.state.iteration)
+        if iteration is not None and iteration == self._saved_at:  # the last epoch's file is the final one
+            return self.path
+        network = unwrap_network(self.network)
+        try:
+            build_from_spec(self.spec).load_state_dict(network.state_dict(), strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"MARModelSaver: the network does not match spec {self.spec}: {str(error).splitlines()[0]}") from error
+        meta = dict(self.meta)
+        if iteration is not None:
+            meta["iterations"] = iteration
+        path = save_mar_model(self.path, network, self.spec, meta)
+        self._saved_at = iteration
+        logger.info("MAR model written to %s", path)
+        return path

@@ -4,7 +4,7 @@
   images, split into train/test as ``{"label", "name"}`` dicts.
 - :mod:`~eqmar.apps.restoration.metrics`: PSNR/SSIM in [0, 1], optionally on BT.601 Y, as functions
   and Ignite metrics.
-- :mod:`~eqmar.apps.restoration.networks`: a residual MONAI ``BasicUNet`` and its parameter-matched
+- :mod:`~eqmar.networks.restoration`: a residual MONAI ``BasicUNet`` and its parameter-matched
   strict P4/P4M baseline.
 - :mod:`~eqmar.apps.restoration.experiment`: the four-arm experiment, its table, JSON and figures.
 """
@@ -37,7 +37,7 @@ from eqmar.apps.restoration.natural_images import (
     read_image,
     square_crop_size,
 )
-from eqmar.apps.restoration.networks import ResidualRestorationNet, matched_strict_network, restoration_unet
+from eqmar.networks.restoration import ResidualRestorationNet, matched_strict_network, restoration_unet
 
 __all__ = [
     "DEFAULT_SPLIT",

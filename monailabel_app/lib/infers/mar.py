@@ -4,14 +4,14 @@ The request's image (a datastore image id, or an uploaded file) is read in HU wi
 loader (:class:`eqmar.data.ct_input.LoadCTd`: NIfTI, DICOM file or DICOM series folder, DeepLesion
 PNG), which refuses anything that is not CT in HU (an MR series, a colour PNG) with a 422 naming the
 image id or the uploaded file, the same check as ``python -m eqmar.infer`` and the bundle. Every axial slice with metal (HU above
-``metal_threshold_hu``) is corrected by :class:`eqmar.apps.mar.bundle.MARVolumeInferer`:
+``metal_threshold_hu``) is corrected by :class:`eqmar.apps.mar.inferer.MARVolumeInferer`:
 
 - metal mask: ``HU > metal_threshold_hu`` (default 2500 HU);
 - LI input: eqmar's fan-beam physics when ASTRA is importable in the app's environment; else (the
   normal case, since the MONAI Label environment pins numpy < 2 and cannot hold ODL) the
   documented fallback, a PyTorch parallel-beam re-projection of the slice on the model's working
   grid, linear interpolation across the metal trace and filtered back-projection
-  (:class:`eqmar.apps.mar.bundle.ParallelBeamProjector`). ``li_projector`` in the request's
+  (:class:`eqmar.ct.parallel.ParallelBeamProjector`). ``li_projector`` in the request's
   params forces ``"fanbeam"`` or ``"parallel"``;
 - network: the self-describing eqmar model file at ``path``, loaded strictly and reloaded when
   the file changes (e.g. after training).
@@ -34,7 +34,7 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from eqmar.apps.mar.bundle import LI_PROJECTORS, MARVolumeInferer
+from eqmar.apps.mar.inferer import LI_PROJECTORS, MARVolumeInferer
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, TRACE_MODELS
 from eqmar.data.ct_input import CTInputError, LoadCTd
 

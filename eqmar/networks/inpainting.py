@@ -47,7 +47,7 @@ class MaskedAverage(nn.Module):
 
 def build_inpainting_unet(channels: int, features: tuple[int, ...], kernel_size: int = 3) -> nn.Module:
     """Residual ``BasicUNet`` on ``channels + 1`` inputs correcting :class:`MaskedAverage`."""
-    from eqmar.apps.restoration import restoration_unet
+    from eqmar.networks.restoration import restoration_unet
 
     return restoration_unet(channels + 1, channels, features=features, base=MaskedAverage(kernel_size))
 
@@ -56,7 +56,7 @@ def build_inpainting_strict_network(
     reference: nn.Module | int, channels: int, depth: int = 5, group: str = "C4", kernel_size: int = 3
 ) -> nn.Module:
     """Strict P4/P4M network with ``reference``'s parameter count, correcting the same masked average."""
-    from eqmar.apps.restoration import matched_strict_network
+    from eqmar.networks.restoration import matched_strict_network
 
     return matched_strict_network(
         reference, channels + 1, channels, depth=depth, group=group, base=MaskedAverage(kernel_size)
