@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 BENCH = ROOT / "bench"
 SCRIPTS = ("bench_eqreg_overhead", "bench_synthesis", "bench_scaling", "bench_inference")
 
@@ -75,8 +76,8 @@ def test_statistics_helpers(bench_path: Path) -> None:
 # ------------------------------------------------------------------------------ script internals
 def test_inference_memory_probe_and_geometry_tags(bench_path: Path) -> None:
     import torch
-
     from bench_inference import _geometry_tag, _MemoryProbe, _peak_rss_mb, _rss_now_mb, network_spec_for
+
     from eqmar.apps.mar.inference import model_geometry
 
     # the probe reads the process's peak RSS, which earlier tests in this process may have raised:
@@ -200,9 +201,8 @@ def test_bench_eqreg_overhead_smoke() -> None:
 
 def test_hooks_only_arm_runs_the_hooks_without_the_residual(bench_path: Path) -> None:
     """``--decompose``'s hooks-only arm: every hook fires, the term is exactly 0, and EQ-Reg is restored after."""
-    import torch
-
     import bench_eqreg_overhead as bench
+    import torch
 
     setup = bench.training_setup("dicdnet", 16, 1, num_filters=4, features=8, num_res_blocks=1)
     x, y = setup.make_input(1), torch.rand(1, 1, 16, 16)

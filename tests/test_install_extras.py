@@ -12,7 +12,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _project() -> dict:

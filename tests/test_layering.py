@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "eqmar"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "eqmar"
 
 _BASE = {"eqmar", "eqmar.utils"}
 _PHYSICS = {"eqmar.ct", "eqmar.metrics", "eqmar.equivariance"}

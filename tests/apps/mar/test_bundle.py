@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 yaml = pytest.importorskip("yaml", reason="the bundle's YAML configs need pyyaml (add it to eqmar's dependencies)")
 
@@ -33,8 +33,8 @@ from eqmar.apps.mar.model_file import (  # noqa: E402
     network_spec,
     save_mar_model,
 )
-from eqmar.ct.parallel import ParallelBeamProjector  # noqa: E402
 from eqmar.apps.mar.writers import axial_to_nifti, nifti_to_axial  # noqa: E402
+from eqmar.ct.parallel import ParallelBeamProjector  # noqa: E402
 
 BUNDLE = ROOT / "bundles" / "eqmar_mar"
 CONFIGS = BUNDLE / "configs"
@@ -52,9 +52,9 @@ def _disc(row: int, col: int, radius: float, size: int = SIZE) -> np.ndarray:
 
 def _simulated_insert(size: int, tag: str) -> dict[str, np.ndarray]:
     """A pelvis phantom with a simulated titanium insert at ``size`` px: ``artifact`` and ``clean`` HU."""
-    from eqmar.data.phantoms import phantom_slice
     from eqmar.ct.physics import mu_to_hu
     from eqmar.ct.simulator import SynDeepLesionSimulator
+    from eqmar.data.phantoms import phantom_slice
 
     scale = size / 128
     hu = phantom_slice("pelvis", seed=0, size=size)
@@ -349,7 +349,7 @@ def test_model_saver_checks_the_spec(tmp_path):
 
 def test_load_mar_weights_takes_the_network_of_a_trainer_checkpoint(tmp_path):
     """The trainer saves the network under "network": network_def supplies the architecture it lacks."""
-    from conftest import make_trainer_checkpoint
+    from tests.helpers import make_trainer_checkpoint
 
     spec = network_spec("dicdnet", num_stages=1, features=8, num_filters=8, num_res_blocks=1)
     trained = build_from_spec(spec)

@@ -17,7 +17,6 @@ from monai.networks.nets import BasicUNet
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from conftest import ROOT, TINY_TAG, make_tiny_syndeeplesion
 from eqmar.engines import (
     EQRegSettings,
     ShardedSampler,
@@ -30,6 +29,7 @@ from eqmar.engines import (
 )
 from eqmar.engines.distributed import resolve_backend
 from eqmar.equivariance import convs_divisible_by
+from tests.helpers import ROOT, TINY_TAG, make_tiny_syndeeplesion
 
 SETTINGS = EQRegSettings(weight=1e-3, layers=convs_divisible_by("C4"), elements=[1, 2, 3])
 SEED = 3

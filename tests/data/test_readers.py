@@ -20,8 +20,8 @@ from eqmar.data.slices import load_ct_slices, select_axial_slices
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")
-from PIL import Image  # noqa: E402
 from monai.transforms import LoadImage, LoadImaged  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 def _ct_small_path() -> str:

@@ -207,7 +207,7 @@ def test_input_validation_and_lifetime():
     p.close()  # idempotent
     with pytest.raises(RuntimeError, match="after close"):
         p.forward(np.zeros(GEOMETRY.image_shape))
-    with pytest.raises(NotImplementedError, match="arc"):  # arc detectors: CPU only (tests/test_ct_arc.py)
+    with pytest.raises(NotImplementedError, match="arc"):  # arc detectors: CPU only (tests/ct/test_ct_arc.py)
         Projector(FanBeamGeometry.preset("adn"), device="cuda")
     with pytest.raises(ValueError, match="cpu_backprojector"):
         Projector(GEOMETRY, device="cpu", cpu_backprojector="joseph")

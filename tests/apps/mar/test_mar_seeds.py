@@ -7,7 +7,7 @@ import runpy
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 SEEDS_RECIPE = ROOT / "recipes" / "mar_seeds.py"
 

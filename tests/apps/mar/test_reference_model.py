@@ -13,7 +13,7 @@ import runpy
 
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 MODEL = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"
 LI_PSNR = 36.80  # the sample's LI_CT by the protocol metric

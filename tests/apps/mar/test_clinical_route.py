@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPT = ROOT / "bench" / "clinical_route.py"
 MODEL = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
 
-from conftest import ROOT
 from eqmar.apps.classify import (
     ClassificationConfig,
     RotationClassifierCNN,
@@ -23,6 +21,7 @@ from eqmar.apps.classify import (
 )
 from eqmar.engines import build_trainer
 from eqmar.networks import count_parameters
+from tests.helpers import recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -97,8 +96,7 @@ def test_eqreg_term_is_active_and_labels_are_repeated_not_rotated(tmp_path) -> N
 
 
 def _recipe():
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import classify_rotated_digits
+    classify_rotated_digits = recipe("classify_rotated_digits")
 
     return classify_rotated_digits
 

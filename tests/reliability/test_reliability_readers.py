@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from eqmar.data.masks import generate_masks, load_masks
 from eqmar.data.readers import DEEPLESION_HU_OFFSET, CTDicomReader, CTNiftiReader, DeepLesionPNGReader
 from eqmar.data.slices import load_ct_slices

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPT = ROOT / "data_tools" / "synthesize_mar.py"
 TAG = "640geo_64px60v"

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
-from test_reliability_synthesis import RUN_TIMEOUT_S, kill_group_when, subprocess_env
+from tests.helpers import ROOT
+from tests.reliability.test_reliability_synthesis import RUN_TIMEOUT_S, kill_group_when, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

@@ -12,6 +12,7 @@ from eqmar.apps.derain.transforms import RandRainStreaks, RandRainStreaksd, line
 from eqmar.equivariance import EQReg
 from eqmar.losses import DerainLoss
 from eqmar.networks import DerainOutput, RCDNet, background_conv_names
+from tests.helpers import recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -175,12 +176,9 @@ def test_rain100l_dataset_rejects_unmatched_names_and_missing_folders(tmp_path) 
 
 # ------------------------------------------------------------------------------------------- recipe
 def _recipe():
-    import sys
 
-    from conftest import ROOT
 
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import derain_rain100l
+    derain_rain100l = recipe("derain_rain100l")
 
     return derain_rain100l
 
@@ -254,7 +252,7 @@ def test_recipe_help() -> None:
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from tests.helpers import ROOT
 
     out = subprocess.run([sys.executable, str(ROOT / "recipes" / "derain_rain100l.py"), "--help"], capture_output=True, text=True)
     assert out.returncode == 0

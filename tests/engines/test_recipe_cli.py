@@ -11,8 +11,9 @@ import pytest
 
 from eqmar.engines.cli import COMMON_FIELDS, add_experiment_arguments, collect_overrides, run_experiment_cli
 from eqmar.engines.config import TRAINING_FIELDS, TrainingConfig, with_overrides
+from tests.helpers import ROOT
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.py"))
+RECIPES = sorted((ROOT / "recipes").glob("*.py"))
 
 
 @dataclass

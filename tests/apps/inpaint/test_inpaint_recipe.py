@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
 from eqmar.apps.inpaint import (
     MaskedAverage,
     RandPixelMask,
@@ -16,11 +14,11 @@ from eqmar.apps.inpaint import (
     build_inpainting_strict_network,
     build_inpainting_unet,
 )
+from tests.helpers import recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-sys.path.insert(0, str(ROOT / "recipes"))
-import inpaint_natural  # noqa: E402
+inpaint_natural = recipe("inpaint_natural")
 
 
 def _degrade(x: torch.Tensor, seed: int, **kwargs) -> torch.Tensor:

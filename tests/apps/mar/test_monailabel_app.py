@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -178,9 +178,9 @@ def studies(tmp_path_factory) -> dict[str, Any]:
 
     from eqmar.apps.mar.inference import model_geometry
     from eqmar.apps.mar.writers import axial_to_nifti
-    from eqmar.data.phantoms import phantom_slice
     from eqmar.ct.physics import mu_to_hu
     from eqmar.ct.simulator import SynDeepLesionSimulator
+    from eqmar.data.phantoms import phantom_slice
 
     folder = tmp_path_factory.mktemp("studies")
     (folder / "labels" / "final").mkdir(parents=True)

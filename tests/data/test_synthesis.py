@@ -9,7 +9,6 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
 from eqmar.data.masks import generate_mask_set
 from eqmar.data.syndeeplesion import SynDeepLesionLayout
 from eqmar.data.synthesis import (
@@ -22,6 +21,7 @@ from eqmar.data.synthesis import (
     shard_sources,
     synthesize_dataset,
 )
+from tests.helpers import ROOT
 
 CONFIG = SynthesisConfig(geometry="640geo", image_size=64, num_views=72, seed=3)
 TAG = "640geo_64px72v"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TAG, make_tiny_syndeeplesion
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import TINY_TAG, make_tiny_syndeeplesion, recipe
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +96,7 @@ def test_metal_crops_centre_patches_on_metal(tiny_root):
 
 def test_fine_tuning_run_starts_from_the_given_weights_and_mixes_route_inputs(tiny_root, tmp_path):
     """--init-weights, --route-fraction and --metal-crops through the recipe; a foreign model is refused."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import mar_deeplesion
+    mar_deeplesion = recipe("mar_deeplesion")
 
     from eqmar.apps.mar.model_file import load_mar_model
 
@@ -154,8 +150,7 @@ def test_clinical_preset_mixes_route_inputs_with_metal_centred_patches(tmp_path)
 
 
 def test_clinical_preset_needs_the_reference_weights(capsys):
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import mar_deeplesion
+    mar_deeplesion = recipe("mar_deeplesion")
 
     assert mar_deeplesion.main(["--preset", "clinical"]) == 2
     assert "--init-weights" in capsys.readouterr().err

@@ -17,11 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import astra_has_cuda
 from eqmar.ct.geometry import FanBeamGeometry
 from eqmar.ct.projector import Projector
 from eqmar.ct.simulator import SynDeepLesionSimulator
 from eqmar.metrics import mar_psnr
+from tests.helpers import astra_has_cuda
 
 pytestmark = pytest.mark.skipif(not astra_has_cuda(), reason="ASTRA reports no CUDA device (astra.use_cuda() is False)")
 

@@ -9,10 +9,9 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_TAG, make_tiny_syndeeplesion
 from eqmar.apps.mar import MARExperimentConfig, run_mar_experiment
 from eqmar.apps.mar.model_file import load_mar_model, save_mar_model
-
+from tests.helpers import ROOT, TINY_TAG, make_tiny_syndeeplesion, recipe
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -69,8 +68,7 @@ def test_recipe_help() -> None:
 
 def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     """--data: a SynDeepLesion-layout root, published defaults overridden to tiny sizes, validation on."""
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import mar_deeplesion
+    mar_deeplesion = recipe("mar_deeplesion")
 
     root = make_tiny_syndeeplesion(tmp_path / "SynDeepLesion", train_masks=4)
     argv = [
@@ -91,7 +89,10 @@ def test_acdnet_regularises_its_x_net_and_a_misfit_fails_before_training() -> No
     """ACDNet's M-net is 6 channels wide: the published choice is the X-net; a C4 misfit is reported
     before any arm trains, not after plain and aug have finished."""
     from eqmar.apps.mar.workflow import (
-        MARExperimentConfig, _check_regularised_layers, build_network, regularised_layers,
+        MARExperimentConfig,
+        _check_regularised_layers,
+        build_network,
+        regularised_layers,
     )
 
     cfg = MARExperimentConfig.demo_default(backbone="acdnet", num_stages=2)
@@ -105,8 +106,7 @@ def test_acdnet_regularises_its_x_net_and_a_misfit_fails_before_training() -> No
 
 
 def _recipe_main():
-    sys.path.insert(0, str(ROOT / "recipes"))
-    import mar_deeplesion
+    mar_deeplesion = recipe("mar_deeplesion")
 
     return mar_deeplesion.main
 

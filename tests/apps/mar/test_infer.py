@@ -458,8 +458,8 @@ def test_cli_errors_exit_2_naming_the_file(model_path, metal_slice, tmp_path, ca
 
 def test_cli_names_a_training_checkpoint_and_other_wrong_model_files(metal_slice, tmp_path, capsys):
     """Files a user may pass by mistake as --checkpoint: one line naming the file and what to use instead."""
-    from conftest import make_trainer_checkpoint
     from eqmar.networks import ACDNet, DICDNet
+    from tests.helpers import make_trainer_checkpoint
 
     png = write_deeplesion_png(tmp_path / "in" / "1.png", metal_slice[0])
     arm = tmp_path / "run" / "eqreg"
