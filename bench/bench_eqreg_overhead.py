@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from _timing import alternate, per_round_ratios, quartiles
 from torch import nn
 
-from _timing import alternate, per_round_ratios, quartiles
 import eqmar.equivariance.eqreg as eqreg_module
 from eqmar.equivariance import EQReg, convs_divisible_by, pair_batch
 

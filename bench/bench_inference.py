@@ -56,7 +56,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from _timing import (
     alternate,
     load_average,
@@ -70,14 +69,15 @@ from _timing import (
 )
 from bench_eqreg_overhead import mar_input
 from bench_synthesis import ct_slice_hu, metal_mask
+
 from eqmar.apps.mar.inference import MARInference, image_domain_li
-from eqmar.utils import resolve_torch_device
 from eqmar.apps.mar.model_file import build_from_spec, save_mar_model
 from eqmar.apps.mar.workflow import BACKBONES, MARExperimentConfig, mar_network_spec
 from eqmar.apps.mar.writers import write_deeplesion_png
 from eqmar.ct.geometry import FanBeamGeometry
-from eqmar.data.masks import resize_mask
 from eqmar.ct.physics import hu_to_mu, prepare_hu, resize_square
+from eqmar.data.masks import resize_mask
+from eqmar.utils import resolve_torch_device
 
 __all__ = ["network_spec_for", "main"]
 

@@ -32,13 +32,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-
 from _timing import (
     alternate,
     load_average,
@@ -51,6 +49,7 @@ from _timing import (
 )
 from bench_eqreg_overhead import STEP_ARMS, train_step, training_setup
 from bench_synthesis import ct_slice_hu, metal_mask, scaling_row
+
 from eqmar.apps.mar.workflow import MARExperimentConfig
 
 __all__ = ["TRAINING_BACKBONES", "synthesis_table", "training_table", "main"]

@@ -21,8 +21,8 @@ import os
 import time
 
 import numpy as np
-
 from _timing import measure, median_seconds, write_json
+
 from eqmar.ct.geometry import FanBeamGeometry
 from eqmar.ct.projector import resolve_device
 from eqmar.ct.simulator import SynDeepLesionSimulator

@@ -199,8 +199,8 @@ def phantom_pairs(
     Raises:
         InputError: a mask with no metal left at the geometry's size, or a failed simulation.
     """
-    from eqmar.data.masks import generate_mask_set
     from eqmar.data.datasets import SynDeepLesionTestDataset
+    from eqmar.data.masks import generate_mask_set
     from eqmar.data.synthesis import (
         DEMO_TRAIN_PHANTOMS,
         SynthesisConfig,

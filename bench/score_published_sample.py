@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from monai.data import DataLoader
 
-    from eqmar.apps.mar.evaluation import evaluate_mar, format_region_table, input_predictor, network_predictor, region_errors
+    from eqmar.apps.mar.evaluation import (
+        evaluate_mar,
+        format_region_table,
+        input_predictor,
+        network_predictor,
+        region_errors,
+    )
     from eqmar.apps.mar.model_file import load_mar_model
     from eqmar.apps.mar.sliding import inference_roi
     from eqmar.apps.mar.transforms import MARInputsd

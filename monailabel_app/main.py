@@ -25,13 +25,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lib.infers.mar import INPUT_NAME_KEY, MARInfer, MARInputError
+from lib.trainers.mar import MARTrain
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
-
-from lib.infers.mar import INPUT_NAME_KEY, MARInfer, MARInputError
-from lib.trainers.mar import MARTrain
 
 logger = logging.getLogger(__name__)
 

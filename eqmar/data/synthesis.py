@@ -393,8 +393,8 @@ def synthesize_dataset(
         ValueError: invalid masks (see above), an empty mask among ``mask_indices``, mask indices
             out of range, an invalid shard or duplicate image ids; raised before anything is written.
     """
-    from eqmar.data.masks import check_mask_stack
     from eqmar.ct.simulator import resize_metal_mask
+    from eqmar.data.masks import check_mask_stack
 
     config = config or SynthesisConfig()
     started = time.perf_counter()

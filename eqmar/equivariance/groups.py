@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -226,7 +226,7 @@ def _rotate_by_angle(x: torch.Tensor, angle: float, mode: str) -> torch.Tensor:
     return out.to(x.dtype).reshape(shape)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _permutation(group_cls: type[RotationGroup], n: int) -> tuple[int, ...]:
     group = group_cls()
     return tuple(group.compose(n, k) for k in group.elements())

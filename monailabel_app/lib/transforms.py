@@ -18,8 +18,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
-from eqmar.apps.mar.inferer import PortableMARInference
 from eqmar.apps.mar.inference import AIR_HU, DEFAULT_METAL_THRESHOLD_HU, image_domain_li, pad_to_square
+from eqmar.apps.mar.inferer import PortableMARInference
 
 __all__ = ["RandMARSliced"]
 
@@ -71,8 +71,8 @@ class RandMARSliced(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from eqmar.apps.mar.writers import nifti_to_axial
-        from eqmar.data.masks import resize_mask
         from eqmar.ct.physics import hu_to_mu, prepare_hu, resize_square
+        from eqmar.data.masks import resize_mask
 
         d = dict(data)
         image_key, label_key = self.keys

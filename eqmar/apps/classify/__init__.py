@@ -15,6 +15,13 @@ from eqmar.apps.classify.data import (
 )
 from eqmar.apps.classify.evaluation import RIGHT_ANGLES, evaluate_rotations, predict, rotate_images
 from eqmar.apps.classify.figures import plot_accuracy_curves
+from eqmar.apps.classify.workflow import (
+    ALL_ARMS,
+    STRICT_ARMS,
+    ClassificationConfig,
+    build_task,
+    run_classification_experiment,
+)
 from eqmar.networks.classifier import (
     HEADS,
     FieldBatchNorm,
@@ -22,13 +29,6 @@ from eqmar.networks.classifier import (
     strict_classifier,
     strict_fields,
     with_field_norm,
-)
-from eqmar.apps.classify.workflow import (
-    ALL_ARMS,
-    STRICT_ARMS,
-    ClassificationConfig,
-    build_task,
-    run_classification_experiment,
 )
 
 __all__ = [

@@ -32,7 +32,6 @@ from torch import nn
 from eqmar.apps.classify.data import ClassificationData, load_classification_data, make_loader
 from eqmar.apps.classify.evaluation import evaluate_rotations
 from eqmar.apps.classify.figures import plot_accuracy_curves
-from eqmar.networks.classifier import RotationClassifierCNN, strict_classifier
 from eqmar.engines import (
     ARMS,
     STRICT_ARM,
@@ -49,6 +48,7 @@ from eqmar.engines import (
     write_results,
 )
 from eqmar.engines.config import TrainingConfig, training_field, with_overrides
+from eqmar.networks.classifier import RotationClassifierCNN, strict_classifier
 from eqmar.networks.group_equivariant import count_parameters
 from eqmar.utils import resolve_torch_device, torch_threads
 

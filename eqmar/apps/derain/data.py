@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from monai.data import Dataset
 from monai.transforms import Compose, EnsureTyped, LoadImaged, ScaleIntensityRanged
 

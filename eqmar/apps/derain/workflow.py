@@ -170,8 +170,8 @@ def regularised_layers(cfg: DerainExperimentConfig, network: nn.Module) -> list[
 
 
 def _strict_factory(cfg: DerainExperimentConfig, reference: nn.Module) -> Callable[[], nn.Module]:
-    from eqmar.networks.restoration import matched_strict_network
     from eqmar.networks import count_parameters
+    from eqmar.networks.restoration import matched_strict_network
 
     params = count_parameters(reference)
     return lambda: matched_strict_network(params, cfg.in_channels, cfg.in_channels, depth=cfg.strict_depth, group=cfg.training.group)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from eqmar.networks.inpainting import MaskedAverage, build_inpainting_strict_network, build_inpainting_unet
 from eqmar.apps.inpaint.transforms import DEFAULT_MASK_RATE, DEFAULT_POISSON_GAMMA, RandPixelMask, RandPixelMaskd
 from eqmar.apps.inpaint.workflow import (
     InpaintingConfig,
@@ -17,6 +16,7 @@ from eqmar.apps.inpaint.workflow import (
     run_inpainting_experiment,
     strict_group,
 )
+from eqmar.networks.inpainting import MaskedAverage, build_inpainting_strict_network, build_inpainting_unet
 
 __all__ = [
     "DEFAULT_MASK_RATE",

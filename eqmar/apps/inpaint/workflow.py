@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from eqmar.apps.inpaint.transforms import DEFAULT_MASK_RATE, DEFAULT_POISSON_GAMMA, RandPixelMaskd
@@ -147,8 +146,8 @@ def run_inpainting_experiment(cfg: InpaintingConfig) -> dict[str, Any]:
     Returns:
         The content of ``results.json``.
     """
-    from eqmar.networks.inpainting import MaskedAverage
     from eqmar.apps.restoration import RestorationExperimentConfig, run_restoration_experiment
+    from eqmar.networks.inpainting import MaskedAverage
 
     cfg.training.validate()
     if cfg.training.patch_size < 32:

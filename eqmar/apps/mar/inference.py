@@ -329,8 +329,8 @@ class MARInference:
         return np.ascontiguousarray(corrected[crop], dtype=np.float32), info
 
     def _working_mask(self, mask: np.ndarray) -> tuple[np.ndarray, str]:
-        from eqmar.data.masks import resize_mask
         from eqmar.ct.physics import resize_square
+        from eqmar.data.masks import resize_mask
 
         working = resize_mask(mask.astype(np.uint8), self.image_size).astype(bool)
         if working.any():

@@ -23,8 +23,8 @@ Each writer keeps what a viewer or a downstream pipeline relies on:
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -248,7 +248,7 @@ def output_transfer_syntax(ds: Any) -> tuple[Any, str]:
         not re-encode, or no encoder for it in this environment); ``uid`` is None for a dataset
         without file meta information.
     """
-    from pydicom.uid import ExplicitVRLittleEndian, UID
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:

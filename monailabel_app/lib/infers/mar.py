@@ -34,8 +34,8 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from eqmar.apps.mar.inferer import LI_PROJECTORS, MARVolumeInferer
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, TRACE_MODELS
+from eqmar.apps.mar.inferer import LI_PROJECTORS, MARVolumeInferer
 from eqmar.data.ct_input import CTInputError, LoadCTd
 
 __all__ = ["MARInfer", "MARInputError", "ct_load_transforms"]

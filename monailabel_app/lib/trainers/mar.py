@@ -21,8 +21,8 @@ from monai.transforms import RandSpatialCropd, SelectItemsd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from eqmar.apps.mar.bundle import masked_pred_label
-from eqmar.apps.mar.model_file import MARModelSaver
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU
+from eqmar.apps.mar.model_file import MARModelSaver
 from eqmar.apps.mar.transforms import MARInputsd
 from eqmar.equivariance import EQReg
 from eqmar.losses import MARLoss
