@@ -121,7 +121,7 @@ def per_round_ratios(numerator: Sequence[float], denominator: Sequence[float]) -
     """Ratios of two arms' times round by round (both lists from one :func:`alternate` call)."""
     if len(numerator) != len(denominator):
         raise ValueError(f"arms have {len(numerator)} and {len(denominator)} rounds")
-    return [a / b for a, b in zip(numerator, denominator)]
+    return [a / b for a, b in zip(numerator, denominator, strict=True)]
 
 
 def load_average() -> float | None:
@@ -145,7 +145,8 @@ def machine_info() -> dict[str, Any]:
         import torch
     except ImportError:
         return info
-    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(), cuda_available=torch.cuda.is_available())
+    info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                cuda_available=torch.cuda.is_available())
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     return info

@@ -240,7 +240,8 @@ def _cli_wall_seconds(model: Path, png: Path, out: Path, args: argparse.Namespac
         completed, wall = measure(lambda: subprocess.run(command, capture_output=True, text=True, cwd=_ROOT,
                                                          env=_thread_env(args.threads), check=False))
         if completed.returncode != 0:
-            raise RuntimeError(f"python -m eqmar.infer failed (exit {completed.returncode}):\n{completed.stderr[-3000:]}")
+            raise RuntimeError(f"python -m eqmar.infer failed (exit {completed.returncode}):\n"
+                               f"{completed.stderr[-3000:]}")
         seconds.append(wall)
     return seconds
 
@@ -284,7 +285,8 @@ def _markdown(results: dict[str, Any]) -> str:
                      f"{results['views']} views, {e2e.get('trace_model', results['trace_model'])} trace\n")
         rows = []
         if "slice_s" in e2e:
-            rows += [[f"MARInference.correct_slice (median of {e2e['slice_s']['n']})", f"{e2e['slice_s']['median']:.3f} s"],
+            rows += [[f"MARInference.correct_slice (median of {e2e['slice_s']['n']})",
+                      f"{e2e['slice_s']['median']:.3f} s"],
                      ["of which image-domain LI", f"{e2e['li_s']['median']:.3f} s"],
                      ["first slice (with projector set-up)", f"{e2e['first_slice_s']:.3f} s"],
                      ["peak memory above start (engine, projector, one slice)", _memory_cell(e2e["memory"])]]
@@ -308,12 +310,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
     parser.add_argument("--views", type=int, default=640, help="views of the end-to-end geometry (640: 640geo)")
     parser.add_argument("--trace-model", choices=["interpolating", "line"], default=None,
-                        help="metal trace model of the end-to-end runs (default: the model's; see python -m eqmar.infer "
-                        "--help)")
+                        help="metal trace model of the end-to-end runs (default: the model's; see python -m "
+                        "eqmar.infer --help)")
     parser.add_argument("--model", type=Path, default=None,
                         help="time the end-to-end path with this eqmar model file (forward table skipped)")
     parser.add_argument("--e2e-repeats", type=int, default=3, help="timed slices after a warm-up one (0: skip)")
-    parser.add_argument("--cli-runs", type=int, default=1, help="cold python -m eqmar.infer runs on one slice (0: skip)")
+    parser.add_argument("--cli-runs", type=int, default=1,
+                        help="cold python -m eqmar.infer runs on one slice (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="write the results to this JSON file")
     parser.add_argument("--markdown", type=Path, default=None, help="write the Markdown tables to this file")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "SPEC"), help=argparse.SUPPRESS)

@@ -89,7 +89,8 @@ def _synthesis_markdown(rows: Sequence[dict[str, Any]]) -> str:
         [[n] + [f"{cached[size, n]:.3f}" if (size, n) in cached else "" for size in sizes] for n in views],
     )
     detail = markdown_table(
-        ["image size", "views", "bins", "set-up s", "prepare_image s", "prepare_mask s", "first pair s", "cached s/pair"],
+        ["image size", "views", "bins", "set-up s", "prepare_image s", "prepare_mask s", "first pair s",
+         "cached s/pair"],
         [
             [r["image_size"], r["views"], r["bins"], f"{r['init_s']:.2f}", f"{r['prepare_image_s']:.2f}",
              f"{r['prepare_mask_s']:.2f}", f"{r['first_pair_s']:.2f}", f"{r['cached_pair_s']:.3f}"]
@@ -111,7 +112,8 @@ def _training_rows(backbone: str, batches: Sequence[int], patch: int, steps: int
     for batch in batches:
         x, y = setup.make_input(batch), torch.rand(batch, 1, patch, patch)
         times = alternate(
-            {arm: lambda i, arm=arm: train_step(setup, x, y, arm, 1 + i % 3) for arm in STEP_ARMS}, steps, warmup
+            {arm: lambda i, arm=arm, x=x, y=y: train_step(setup, x, y, arm, 1 + i % 3) for arm in STEP_ARMS},
+            steps, warmup
         )
         row: dict[str, Any] = {"backbone": backbone, "batch": batch, "patch": patch,
                                "regularised_layers": len(setup.eqreg.layers)}
@@ -162,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["synthesis", "training", "all"], default="all")
     parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: overrides sizes, views, batches, patch, steps, repeats, warm-up with {_QUICK}")
+                        help="smoke run: overrides sizes, views, batches, patch, steps, repeats, warm-up with "
+                        f"{_QUICK}")
     synthesis = parser.add_argument_group("synthesis")
     synthesis.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 416], help="image sizes")
     synthesis.add_argument("--views", type=int, nargs="+", default=[160, 320, 640], help="numbers of views")

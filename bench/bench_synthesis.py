@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark, print Markdown tables and return the numbers."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per measurement (median reported)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 416], help="image sizes of the scaling table")
-    parser.add_argument("--views", type=int, nargs="+", default=[160, 320, 640], help="view counts of the scaling table")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 416],
+                        help="image sizes of the scaling table")
+    parser.add_argument("--views", type=int, nargs="+", default=[160, 320, 640],
+                        help="view counts of the scaling table")
     parser.add_argument("--skip-640geo", action="store_true", help="only run the scaling table")
     parser.add_argument("--seed", type=int, default=0, help="noise seed")
     parser.add_argument("--json", type=str, default=None, help="also write the results to this JSON file")

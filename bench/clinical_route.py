@@ -136,12 +136,14 @@ def load_sample_pairs(folder: str | Path, mask_indices: Sequence[int] = ALL_TEST
         InputError: a missing folder or file, or one that cannot be read as expected (the message names it).
     """
     from eqmar.data.masks import load_masks, resize_mask
-    from eqmar.data.syndeeplesion import read_clean, read_pair
+    from eqmar.data.syndeeplesion import read_clean, read_pair, sample_files
 
     folder = Path(folder)
     indices = _check_masks(mask_indices)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: sample folder not found (expected gt.h5, 0.h5 ... 9.h5 and testmask.npy)")
+    try:
+        files = sample_files(folder, check_files=False)  # each reader below names a missing or corrupt file
+    except FileNotFoundError as error:
+        raise InputError(str(error)) from None
 
     def read(path: Path, reader: Any, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         try:
@@ -153,8 +155,8 @@ def load_sample_pairs(folder: str | Path, mask_indices: Sequence[int] = ALL_TEST
                 raise InputError(f"{path}: {key} must be a square, finite 2-D µ map, got shape {array.shape}")
         return arrays
 
-    gt = read(folder / "gt.h5", read_clean, ("image",))["image"].astype(np.float32)
-    mask_file = folder / "testmask.npy"
+    gt = read(files["gt"], read_clean, ("image",))["image"].astype(np.float32)
+    mask_file = files["masks"]
     try:
         masks = load_masks(mask_file)
     except (OSError, ValueError) as error:
@@ -163,7 +165,7 @@ def load_sample_pairs(folder: str | Path, mask_indices: Sequence[int] = ALL_TEST
         raise InputError(f"{mask_file}: holds {masks.shape[-1]} masks, mask {max(indices)} requested")
     pairs = []
     for k in indices:
-        path = folder / f"{k}.h5"
+        path = files[str(k)]
         arrays = read(path, read_pair, ("ma_CT", "LI_CT"))
         if arrays["ma_CT"].shape != gt.shape or arrays["LI_CT"].shape != gt.shape:
             raise InputError(f"{path}: ma_CT/LI_CT {arrays['ma_CT'].shape} differ from gt.h5's image {gt.shape}")
@@ -369,9 +371,10 @@ def summarize(
             preds = [hu_to_mu(r.route_li_hu if method == "route LI" else r.network_hu) for r in results]
         # one batch per pair: phantoms and the sample live on different grids
         loader = [{"pred": torch.from_numpy(pred[None, None]), "gt": torch.from_numpy(p.gt_mu[None, None]),
-                   "mask": torch.from_numpy(p.metal[None, None].astype(np.float32))} for p, pred in zip(pairs, preds)]
+                   "mask": torch.from_numpy(p.metal[None, None].astype(np.float32))}
+                  for p, pred in zip(pairs, preds, strict=True)]
         pooled = np.concatenate([(mu_to_hu(pred) - mu_to_hu(p.gt_mu))[b].astype(np.float64)
-                                 for p, pred, b in zip(pairs, preds, bands)])
+                                 for p, pred, b in zip(pairs, preds, bands, strict=True)])
         summary["methods"][method] = {
             "psnr": float(np.mean([r["psnr"] for r in rows])),
             "ssim": float(np.mean([r["ssim"] for r in rows])),
@@ -395,7 +398,7 @@ def evaluate(
     if not pairs:
         raise InputError("no pairs to evaluate")
     results = [route(stored_hu(p.ma_mu)) for p in pairs]
-    per_pair = [score_pair(p, r) for p, r in zip(pairs, results)]
+    per_pair = [score_pair(p, r) for p, r in zip(pairs, results, strict=True)]
     return results, per_pair, summarize(pairs, results, per_pair)
 
 

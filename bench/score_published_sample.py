@@ -3,7 +3,8 @@
 
 The folder holds ``gt.h5`` (clean µ under ``image``), ``0.h5`` … ``9.h5`` (``ma_CT``, ``LI_CT`` of
 each test mask) and ``testmask.npy``: the layout of the sample the SynDeepLesion authors publish with
-their code. Prints the protocol table (LI and the model, PSNR/SSIM by mask group) and the mean
+their code (:func:`eqmar.data.syndeeplesion.sample_files`).
+Prints the protocol table (LI and the model, PSNR/SSIM by mask group) and the mean
 signed error / RMSE in HU by distance from the metal.
 
 Example:
@@ -16,22 +17,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-
-
-def sample_root(folder: Path, root: Path, image_id: str = "000376_16_02/299") -> tuple[Path, str]:
-    """Link a single-slice folder into a SynDeepLesion test root under ``root``; return (root, tag)."""
-    from eqmar.data.syndeeplesion import SynDeepLesionLayout
-
-    layout = SynDeepLesionLayout(root, "test", "640geo")
-    target = layout.slice_dir(image_id)
-    target.mkdir(parents=True)
-    for name in ["gt.h5", *(f"{k}.h5" for k in range(10))]:
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: missing; a sample folder holds gt.h5, 0.h5 ... 9.h5 and testmask.npy")
-        (target / name).symlink_to((folder / name).resolve())
-    (root / "testmask.npy").symlink_to((folder / "testmask.npy").resolve())
-    layout.write_list([image_id])
-    return root, "640geo"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     from eqmar.apps.mar.sliding import inference_roi
     from eqmar.apps.mar.transforms import MARInputsd
     from eqmar.data.datasets import SynDeepLesionTestDataset
+    from eqmar.data.syndeeplesion import link_sample
     from eqmar.metrics import format_mar_table
 
     try:
         network, payload = load_mar_model(args.model)
         roi = inference_roi(payload.get("meta"))
         with tempfile.TemporaryDirectory() as tmp:
-            root, tag = sample_root(args.sample, Path(tmp))
+            root, tag = link_sample(args.sample, tmp)
             loader = DataLoader(SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd()), batch_size=2)
             methods = {"LI": input_predictor("LI_CT"), "model": network_predictor(network, roi=roi)}
             scores = {name: evaluate_mar(loader, f) for name, f in methods.items()}

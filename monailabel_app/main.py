@@ -61,7 +61,8 @@ class MARApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="eqmar MAR",
-            description="CT metal artifact reduction: an LI-residual UNet trained with the EQ-Reg rotation-equivariance regulariser",
+            description="CT metal artifact reduction: an LI-residual UNet trained with the EQ-Reg "
+                        "rotation-equivariance regulariser",
             version="0.1.0",
         )
 

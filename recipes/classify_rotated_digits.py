@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=HEADS, help="CNN head (default orientation-pool)")
     p.add_argument("--image-size", type=int, help="canvas side in pixels (default 28)")
     p.add_argument("--digit-size", type=int, help="side of the box the digit is resized into (default 20 for 28)")
-    p.add_argument("--evaluate-on", choices=["test", "val"], help="score the test split (default) or a validation split")
+    p.add_argument("--evaluate-on", choices=["test", "val"],
+                   help="score the test split (default) or a validation split")
     p.add_argument("--angle-step", type=float, help="spacing of the accuracy-vs-angle curve in degrees (default 15)")
     p.add_argument("--train-samples", type=int, help="use only the first N training images")
     p.add_argument("--eval-samples", type=int, help="score only the first N held-out images")
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
     return (f"{results['table']}\n\n{results['equivariance_table']}\n\n{results['data']['evaluation']} "
-            f"{results['data']['split']} images, {results['wall_seconds']:.0f} s; results: {cfg.training.output_dir / 'results.json'}, "
+            f"{results['data']['split']} images, {results['wall_seconds']:.0f} s; "
+            f"results: {cfg.training.output_dir / 'results.json'}, "
             f"figures: {cfg.training.output_dir / 'accuracy_vs_angle.png'}")
 
 

@@ -41,7 +41,8 @@ FIELDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="derain_rain100l.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="derain_rain100l.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(
         p, "runs/derain_rain100l", data_help="Rain100L root (default: embedded photographs with synthetic rain)"
     )
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
     return (f"{results['table']}\n\n{results['equivariance_table']}\n\nwall time {results['wall_seconds']:.0f} s; "
-            f"results: {cfg.training.output_dir / 'results.json'}, figures: {cfg.training.output_dir / 'examples.png'}, "
+            f"results: {cfg.training.output_dir / 'results.json'}, "
+            f"figures: {cfg.training.output_dir / 'examples.png'}, "
             f"{cfg.training.output_dir / 'equivariance.png'}")
 
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from eqmar.apps.derain import DerainExperimentConfig, run_derain_experiment
 
-    return run_experiment_cli(args, DerainExperimentConfig, run_derain_experiment, collect_overrides(args, FIELDS), _summary)
+    return run_experiment_cli(args, DerainExperimentConfig, run_derain_experiment, collect_overrides(args, FIELDS),
+                              _summary)
 
 
 if __name__ == "__main__":

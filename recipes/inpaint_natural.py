@@ -42,7 +42,8 @@ FIELDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inpaint_natural.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="inpaint_natural.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(
         p, "runs/inpaint_natural",
         data_help="folder of clean PNG/JPEG images, split as described above (default: bundled photographs)",
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from eqmar.apps.inpaint import InpaintingConfig, run_inpainting_experiment
 
-    return run_experiment_cli(args, InpaintingConfig, run_inpainting_experiment, collect_overrides(args, FIELDS), _summary)
+    return run_experiment_cli(args, InpaintingConfig, run_inpainting_experiment, collect_overrides(args, FIELDS),
+                              _summary)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,17 @@ FIELDS = {
 def build_parser() -> argparse.ArgumentParser:
     from eqmar.apps.mar import BACKBONES
 
-    p = argparse.ArgumentParser(prog="mar_deeplesion.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mar_deeplesion.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(
-        p, "runs/mar_deeplesion", arms=("plain", "aug", "eqreg"), data_help="SynDeepLesion root (default: built-in demo set)"
+        p, "runs/mar_deeplesion", arms=("plain", "aug", "eqreg"),
+        data_help="SynDeepLesion root (default: built-in demo set)"
     )
     p.add_argument("--geometry-tag", help="geometry tag of the data folders (default 640geo)")
     p.add_argument("--backbone", choices=BACKBONES)
-    p.add_argument("--regularise", help="proximal nets whose convs get EQ-Reg, comma-separated (default: the published choice, x_net,m_net; x_net for acdnet)")
+    p.add_argument("--regularise",
+                   help="proximal nets whose convs get EQ-Reg, comma-separated (default: the published choice, "
+                        "x_net,m_net; x_net for acdnet)")
     p.add_argument("--stages", type=int, help="unrolled stages T")
     p.add_argument("--features", type=int, help="proximal-net width (divisible by the group order)")
     p.add_argument("--train-masks", help="training mask indices, e.g. 0-79 (published)")
@@ -58,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, help="score only the first N test images")
     p.add_argument("--preset", choices=("demo", "reference", "clinical"), default="demo",
                    help="without --data: 'demo' (default; 128 px, three arms, about 5 min on 2 CPU cores) or "
-                        "'reference' (the reference model: one EQ-Reg UNet at 416 px / 640 views, about 80 min) or 'clinical' "
-                        "(the shipped model: the reference model, given by --init-weights, fine-tuned on the clinical "
-                        "route's inputs as well, about 35 min)")
+                        "'reference' (the reference model: one EQ-Reg UNet at 416 px / 640 views, about 80 min) or "
+                        "'clinical' (the shipped model: the reference model, given by --init-weights, fine-tuned on "
+                        "the clinical route's inputs as well, about 35 min)")
     p.add_argument("--init-weights", type=Path, metavar="MODEL",
                    help="start from the weights of this eqmar MAR model file (same network)")
     p.add_argument("--route-fraction", type=float,
@@ -79,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _summary(results: dict[str, Any], cfg: Any) -> str:
-    return (f"{results['table']}\n\nresults: {cfg.training.output_dir / 'results.json'}, figures: {cfg.training.output_dir / 'examples.png'}, "
+    return (f"{results['table']}\n\nresults: {cfg.training.output_dir / 'results.json'}, "
+            f"figures: {cfg.training.output_dir / 'examples.png'}, "
             f"{cfg.training.output_dir / 'equivariance.png'}")
 
 
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     builtin = None
     if args.preset in ("reference", "clinical"):
         if args.data is not None:
-            print(f"error: --preset {args.preset} trains on the built-in data; drop --data or --preset", file=sys.stderr)
+            print(f"error: --preset {args.preset} trains on the built-in data; drop --data or --preset",
+                  file=sys.stderr)
             return 2
         if args.preset == "clinical" and args.init_weights is None:
             print("error: --preset clinical fine-tunes a reference model: give --init-weights "

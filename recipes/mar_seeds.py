@@ -35,7 +35,8 @@ SETS = {"test": ("metrics", "baselines"), "held-out": ("holdout_metrics", "holdo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mar_seeds.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="mar_seeds.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0-4", help="training seeds, e.g. 0-4 (default) or 0,3,7")
     p.add_argument("--out", type=Path, default=Path("runs/mar_seeds"), help="output folder (default runs/mar_seeds)")
     p.add_argument("--no-progress", action="store_true")
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _mar_recipe() -> Any:
     """The sibling ``mar_deeplesion.py`` as a module, whatever the working folder."""
-    spec = importlib.util.spec_from_file_location("mar_deeplesion", Path(__file__).resolve().parent / "mar_deeplesion.py")
+    spec = importlib.util.spec_from_file_location("mar_deeplesion",
+                                                  Path(__file__).resolve().parent / "mar_deeplesion.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -70,7 +72,8 @@ def verdict(runs: dict[int, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             scores = {arm: [runs[s]["arms"][arm][arm_key]["average"][metric] for s in seeds] for arm in ARMS}
             li = runs[seeds[0]][base_key]["LI"]["average"][metric]
             table = format_seed_table(scores, PAIRS, baseline=li, unit=unit, digits=digits)
-            sections.append(f"### {name} set, average {metric.upper()} (seeds {', '.join(map(str, seeds))}; baseline = LI)\n\n{table}")
+            sections.append(f"### {name} set, average {metric.upper()} (seeds {', '.join(map(str, seeds))}; "
+                            f"baseline = LI)\n\n{table}")
             entry[metric] = {
                 "LI": li,
                 "arms": {arm: {"per_seed": v, "mean": mean_sd(v)[0], "sd": mean_sd(v)[1]} for arm, v in scores.items()},
@@ -101,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --seeds: {error}", file=sys.stderr)
         return 2
     if len(seeds) < 2:
-        print("error: --seeds: name at least two seeds (one seed has no spread to compare arms against)", file=sys.stderr)
+        print("error: --seeds: name at least two seeds (one seed has no spread to compare arms against)",
+              file=sys.stderr)
         return 2
     runs = {}
     for seed in seeds:
         out = args.out / f"seed{seed}"
         if not _complete(out / "results.json"):
             print(f"seed {seed}: training into {out}", flush=True)
-            flags = ["--seed", str(seed), "--out", str(out), "--resume", *(["--no-progress"] if args.no_progress else []), *extra]
+            flags = ["--seed", str(seed), "--out", str(out), "--resume",
+                     *(["--no-progress"] if args.no_progress else []), *extra]
             code = _mar_recipe().main(flags)
             if code:
                 return code

@@ -32,7 +32,8 @@ def test_each_script_target_has_help(name, capsys):
 
 @pytest.mark.parametrize(
     "command",
-    [[sys.executable, "-m", "eqmar.infer", "--help"], [sys.executable, str(ROOT / "data_tools" / "synthesize_mar.py"), "--help"]],
+    [[sys.executable, "-m", "eqmar.infer", "--help"],
+     [sys.executable, str(ROOT / "data_tools" / "synthesize_mar.py"), "--help"]],
     ids=["python -m eqmar.infer", "data_tools/synthesize_mar.py"],
 )
 def test_the_python_forms_still_work(command):

@@ -111,7 +111,8 @@ class PixelDrivenBackprojector:
         stack = stack[None] if single else stack
         if stack.ndim != 3 or stack.shape[1:] != g.sinogram_shape:
             raise ValueError(
-                f"PixelDrivenBackprojector: sinograms must have shape {g.sinogram_shape} or (C, *that), got {np.shape(sinograms)}"
+                f"PixelDrivenBackprojector: sinograms must have shape {g.sinogram_shape} or (C, *that), "
+                f"got {np.shape(sinograms)}"
             )
         channels = stack.shape[0]
         table = self._lookup_table(stack)

@@ -63,7 +63,7 @@ class JosephForwardProjector:
         # into the horizontal one on the same padded image
         by_rows = np.ascontiguousarray(padded[::-1].T)
         sinogram = np.empty(g.sinogram_shape, dtype=np.float32)
-        for view, ((sx, sy), rays) in enumerate(zip(self._sources, self._rays)):
+        for view, ((sx, sy), rays) in enumerate(zip(self._sources, self._rays, strict=False)):
             ray_x, ray_y = rays[:, 0], rays[:, 1]
             horizontal = np.abs(ray_x) >= np.abs(ray_y)
             values = np.empty(g.num_det)
@@ -75,7 +75,9 @@ class JosephForwardProjector:
             sinogram[view] = values * g.pixel_size_cm
         return sinogram
 
-    def _sum_along(self, padded: np.ndarray, s_main: float, s_cross: float, r_main: np.ndarray, r_cross: np.ndarray, flip: bool) -> np.ndarray:
+    def _sum_along(
+        self, padded: np.ndarray, s_main: float, s_cross: float, r_main: np.ndarray, r_cross: np.ndarray, flip: bool
+    ) -> np.ndarray:
         """Sum of interpolated samples at the centres along the main axis, times the step length.
 
         ``padded[row, col]``: ``col`` indexes the main axis (centre k at ``k - n/2 + 0.5``), ``row``

@@ -52,7 +52,10 @@ def _check_sinogram_pair(sinogram: np.ndarray, trace: np.ndarray, name: str) -> 
     sinogram = np.asarray(sinogram)
     trace = np.asarray(trace, dtype=bool)
     if sinogram.ndim != 2 or sinogram.shape != trace.shape:
-        raise ValueError(f"{name}: sinogram and trace must be 2-D (views, bins) of equal shape, got {sinogram.shape} and {trace.shape}")
+        raise ValueError(
+            f"{name}: sinogram and trace must be 2-D (views, bins) of equal shape, "
+            f"got {sinogram.shape} and {trace.shape}"
+        )
     return sinogram, trace
 
 
@@ -76,7 +79,9 @@ def apply_partial_volume(
     if projection.ndim != 2:
         raise ValueError(f"apply_partial_volume: metal_projection must be 2-D (views, bins), got {projection.shape}")
     if erosion_bins < 1 or factor <= 0:
-        raise ValueError(f"apply_partial_volume: erosion_bins must be >= 1 and factor > 0, got {erosion_bins}, {factor}")
+        raise ValueError(
+            f"apply_partial_volume: erosion_bins must be >= 1 and factor > 0, got {erosion_bins}, {factor}"
+        )
     trace = metal_trace(projection)
     eroded = binary_erosion(trace, structure=np.ones((1, erosion_bins), dtype=bool), border_value=1)
     edges = trace & ~eroded

@@ -46,7 +46,9 @@ class ParallelBeamProjector:
         if int(image_size) < 2:
             raise ValueError(f"ParallelBeamProjector: image_size must be >= 2, got {image_size}.")
         self.image_size = int(image_size)
-        self.num_views = int(num_views) if num_views is not None else max(int(math.ceil(math.pi / 2 * self.image_size)), 8)
+        self.num_views = (
+            int(num_views) if num_views is not None else max(int(math.ceil(math.pi / 2 * self.image_size)), 8)
+        )
         if self.num_views < 1:
             raise ValueError(f"ParallelBeamProjector: num_views must be >= 1, got {num_views}.")
         # an odd detector wide enough for the grid's diagonal, with one bin of margin on each side

@@ -179,7 +179,9 @@ class PolychromaticModel:
 def check_generator(rng: object, name: str = "rng") -> np.random.Generator:
     """Ensure ``rng`` is a ``numpy.random.Generator`` (no hidden global randomness)."""
     if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), got {type(rng).__name__}")
+        raise TypeError(
+            f"{name} must be a numpy.random.Generator (e.g. numpy.random.default_rng(seed)), got {type(rng).__name__}"
+        )
     return rng
 
 

@@ -125,7 +125,9 @@ def odl_ray_transform(geometry: FanBeamGeometry, impl: str = "astra_cpu") -> Any
     from odl.applications import tomo
 
     half_width = geometry.image_width_cm / 2.0
-    space = odl.uniform_discr([-half_width, -half_width], [half_width, half_width], geometry.image_shape, dtype="float32")
+    space = odl.uniform_discr(
+        [-half_width, -half_width], [half_width, half_width], geometry.image_shape, dtype="float32"
+    )
     angle_partition = odl.uniform_partition(0.0, 2.0 * np.pi, geometry.num_views)
     half_span = geometry.detector_span / 2.0
     detector_partition = odl.uniform_partition(-half_span, half_span, geometry.num_det)
@@ -202,11 +204,15 @@ class Projector:
         if isinstance(geometry, str):
             geometry = FanBeamGeometry.preset(geometry)
         if not isinstance(geometry, FanBeamGeometry):
-            raise TypeError(f"Projector: geometry must be a FanBeamGeometry or preset name, got {type(geometry).__name__}")
+            raise TypeError(
+                f"Projector: geometry must be a FanBeamGeometry or preset name, got {type(geometry).__name__}"
+            )
         if num_workers < 1:
             raise ValueError(f"Projector: num_workers must be >= 1, got {num_workers}")
         if cpu_backprojector not in _CPU_BACKPROJECTORS:
-            raise ValueError(f"Projector: cpu_backprojector must be one of {_CPU_BACKPROJECTORS}, got {cpu_backprojector!r}")
+            raise ValueError(
+                f"Projector: cpu_backprojector must be one of {_CPU_BACKPROJECTORS}, got {cpu_backprojector!r}"
+            )
         self._arc = geometry.detector == "arc"
         if self._arc and cpu_backprojector != "pixel":
             raise ValueError(

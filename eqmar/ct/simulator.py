@@ -195,7 +195,9 @@ class SynDeepLesionSimulator:
 
     def _check_prepared(self, item: object, kind: type, name: str) -> None:
         if not isinstance(item, kind):
-            raise TypeError(f"SynDeepLesionSimulator: {name} must be a {kind.__name__} from prepare_*, got {type(item).__name__}")
+            raise TypeError(
+                f"SynDeepLesionSimulator: {name} must be a {kind.__name__} from prepare_*, got {type(item).__name__}"
+            )
         if item.geometry != self.geometry:  # type: ignore[attr-defined]
             raise ValueError(f"SynDeepLesionSimulator: {name} was prepared for another geometry")
 
@@ -226,5 +228,7 @@ def _binary_uint8(mask: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8)
     values = np.unique(array)
     if not (np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all()):
-        raise ValueError(f"mask must be binary (0/1, bool or 0/255), found values {values[:5]}{'...' if values.size > 5 else ''}")
+        raise ValueError(
+            f"mask must be binary (0/1, bool or 0/255), found values {values[:5]}{'...' if values.size > 5 else ''}"
+        )
     return (array > 0).astype(np.uint8)

@@ -35,7 +35,8 @@ class Spectrum:
         weights = np.asarray(self.weights, dtype=np.float64)
         if energies.ndim != 1 or energies.shape != weights.shape or energies.size == 0:
             raise ValueError(
-                f"Spectrum: energies_kev and weights must be 1-D of equal length, got {energies.shape} and {weights.shape}"
+                f"Spectrum: energies_kev and weights must be 1-D of equal length, "
+                f"got {energies.shape} and {weights.shape}"
             )
         if np.any(energies <= 0) or np.any(np.diff(energies) <= 0):
             raise ValueError("Spectrum: energies_kev must be positive and strictly increasing")
@@ -57,7 +58,9 @@ class Spectrum:
         return Spectrum(self.energies_kev[keep], self.weights[keep])
 
 
-def load_spectrum(path: str | Path | None = None, energy_range_kev: tuple[float, float] = _PROTOCOL_RANGE_KEV) -> Spectrum:
+def load_spectrum(
+    path: str | Path | None = None, energy_range_kev: tuple[float, float] = _PROTOCOL_RANGE_KEV
+) -> Spectrum:
     """Read a two-column CSV spectrum (keV, relative weight; ``#`` comments and a header allowed).
 
     Args:

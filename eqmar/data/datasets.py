@@ -123,7 +123,9 @@ class SynDeepLesionDataset(Dataset):
         gt = read_clean(self.layout.gt_path(image_id), keys=("image",))["image"]
         if gt.shape[0] != gt.shape[1]:
             raise ValueError(f"{self.layout.gt_path(image_id)}: image must be square, got {gt.shape}.")
-        sample: dict[str, Any] = {k: _channel_first(v) for k, v in self.inputs(image_id, mask_index, gt.shape[0]).items()}
+        sample: dict[str, Any] = {
+            k: _channel_first(v) for k, v in self.inputs(image_id, mask_index, gt.shape[0]).items()
+        }
         sample["gt"] = _channel_first(gt)
         sample["mask_index"] = mask_index
         sample["image_id"] = image_id

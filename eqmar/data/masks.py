@@ -248,7 +248,7 @@ def _blob(
     def inside(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         u, v = _rotated(x, y, cx, cy, angle)
         phi = np.arctan2(v * aspect, u)
-        harmonics = sum(a * np.cos(k * phi + p) for k, a, p in zip(range(2, 5), amplitudes, phases))
+        harmonics = sum(a * np.cos(k * phi + p) for k, a, p in zip(range(2, 5), amplitudes, phases, strict=True))
         r2 = u**2 + (v * aspect) ** 2
         solid = r2 <= (radius * (1 + harmonics)) ** 2
         return solid & (r2 > (hole * radius) ** 2) if hole > 0 else solid

@@ -229,10 +229,10 @@ class CTDicomReader(PydicomReader):
             raise ValueError(f"{data}: not a DICOM file (no DICM preamble or file meta header)") from e
         except Exception as e:  # a damaged header fails in pydicom with EOFError, struct.error, ...
             raise ValueError(f"{data}: not a readable DICOM file (corrupt or truncated): {e}") from e
-        for ds, filename in zip(_flatten(datasets), _flatten(self.filenames)):
+        for ds, filename in zip(_flatten(datasets), _flatten(self.filenames), strict=False):
             self._check_dataset(ds, filename)
         inputs = ensure_tuple(data)
-        for name, group in zip(inputs, [datasets] if len(inputs) == 1 else datasets):
+        for name, group in zip(inputs, [datasets] if len(inputs) == 1 else datasets, strict=False):
             sizes = {(getattr(ds, "Rows", None), getattr(ds, "Columns", None)) for ds in _flatten(group)}
             if len(sizes) > 1:
                 # Found here, the stacking in the parent would fail with a bare NumPy message.

@@ -32,8 +32,11 @@ __all__ = [
     "CLEAN_KEYS",
     "DEFAULT_GEOMETRY",
     "PAIR_KEYS",
+    "SAMPLE_IMAGE_ID",
     "SynDeepLesionLayout",
+    "sample_files",
     "deeplesion_image_id",
+    "link_sample",
     "read_clean",
     "read_pair",
     "write_clean",
@@ -44,6 +47,9 @@ DEFAULT_GEOMETRY = "640geo"
 CLEAN_KEYS: tuple[str, ...] = ("image", "poly_sinogram", "poly_CT")
 PAIR_KEYS: tuple[str, ...] = ("ma_CT", "LI_CT", "ma_sinogram", "LI_sinogram", "metal_trace")
 _GT_FILENAME = "gt.h5"
+#: Image id under which :func:`link_sample` files a single-slice folder (that of the published sample).
+SAMPLE_IMAGE_ID = "000376_16_02/299"
+_SAMPLE_TEST_MASKS = 10
 # gzip level 4 is h5py's default for compression="gzip" and the level of the published files.
 _GZIP_LEVEL = 4
 
@@ -279,3 +285,57 @@ def _check_image_id(image_id: str) -> str:
     if len(parts) != 2 or not all(parts) or ".." in parts:
         raise ValueError(f"image id must look like '000376_16_02/299', got {image_id!r}.")
     return "/".join(parts)
+
+
+def sample_files(folder: str | os.PathLike, check_files: bool = True) -> dict[str, Path]:
+    """The files of a single-slice SynDeepLesion folder, such as the sample the SynDeepLesion authors publish.
+
+    Such a folder holds ``gt.h5`` (the clean slice), ``0.h5`` … ``9.h5`` (``ma_CT``, ``LI_CT``, … of
+    each test mask) and ``testmask.npy`` (the ten test masks).
+
+    Args:
+        folder: the folder.
+        check_files: check that every file exists (False: only the folder; a reader then names a
+            missing or unreadable file when it gets to it).
+
+    Returns:
+        ``{"gt": path, "0": path, ..., "9": path, "masks": path}``.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing (the message names it).
+    """
+    folder = Path(folder)
+    expected = "gt.h5, 0.h5 ... 9.h5 and testmask.npy"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: sample folder not found (expected {expected})")
+    files = {"gt": folder / _GT_FILENAME, **{str(k): folder / f"{k}.h5" for k in range(_SAMPLE_TEST_MASKS)},
+             "masks": folder / "testmask.npy"}
+    for path in files.values() if check_files else ():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; a sample folder holds {expected}")
+    return files
+
+
+def link_sample(
+    folder: str | os.PathLike,
+    root: str | os.PathLike,
+    image_id: str = SAMPLE_IMAGE_ID,
+    geometry: str = DEFAULT_GEOMETRY,
+) -> tuple[Path, str]:
+    """File a single-slice folder (:func:`sample_files`) as the test split of a SynDeepLesion root, by symbolic links.
+
+    The datasets of :mod:`eqmar.data.datasets` then read it like any test set.
+
+    Returns:
+        ``(root, geometry)``, as the datasets take them.
+    """
+    files = sample_files(folder)
+    layout = SynDeepLesionLayout(root, "test", geometry)
+    target = layout.slice_dir(image_id)
+    target.mkdir(parents=True)
+    for key, path in files.items():
+        if key != "masks":
+            (target / path.name).symlink_to(path.resolve())
+    (Path(root) / "testmask.npy").symlink_to(files["masks"].resolve())
+    layout.write_list([image_id])
+    return Path(root), geometry

@@ -248,7 +248,9 @@ def _process_image(source: ImageSource, mask_indices: Sequence[int]) -> dict[str
         folder = layout.slice_dir(source.image_id)
         if folder.is_dir():
             _remove_stale_temporaries(folder)
-        targets = [(None, layout.gt_path(source.image_id))] + [(k, layout.pair_path(source.image_id, k)) for k in mask_indices]
+        targets = [(None, layout.gt_path(source.image_id))] + [
+            (k, layout.pair_path(source.image_id, k)) for k in mask_indices
+        ]
         missing = [(k, path) for k, path in targets if not path.is_file()]
         result["kept"] = len(targets) - len(missing)
         if not missing:
@@ -314,7 +316,9 @@ def _write_settings(layout: SynDeepLesionLayout, config: SynthesisConfig) -> Non
         try:
             existing = json.loads(path.read_text())
         except (OSError, ValueError) as error:
-            raise ValueError(f"{path} is unreadable ({error}); remove it only if the split was made with these settings") from error
+            raise ValueError(
+                f"{path} is unreadable ({error}); remove it only if the split was made with these settings"
+            ) from error
         differ = sorted(key for key in settings.keys() | existing.keys() if settings.get(key) != existing.get(key))
         if differ:
             was, now = ({k: d.get(k) for k in differ} for d in (existing, settings))
@@ -340,7 +344,9 @@ def _run_jobs(
         return
     # "spawn", not fork: a forked child inherits the parent's OpenMP/ASTRA thread state and can deadlock.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=init_args
+    ) as pool:
         pending = {pool.submit(_process_image, s, mask_indices): s for s in sources}
         try:
             while pending:
@@ -431,7 +437,9 @@ def synthesize_dataset(
         report.files_kept += result["kept"]
         if result["error"]:
             source = result["source"]
-            report.failures.append({"image_id": source.image_id, "source": source.path or source.variant, "error": result["error"]})
+            report.failures.append(
+                {"image_id": source.image_id, "source": source.path or source.variant, "error": result["error"]}
+            )
             logger.warning("skipped %s (%s): %s", source.image_id, source.path or source.kind, result["error"])
         if bar is not None:
             bar.update(len(indices) + 1)
@@ -576,7 +584,7 @@ def _series_names(paths: Sequence[Path]) -> dict[Path, str]:
 
     stems = [stem(p) for p in paths]
     uses = Counter(stems)
-    return {p: (p.name if uses[s] > 1 else s) for p, s in zip(paths, stems)}
+    return {p: (p.name if uses[s] > 1 else s) for p, s in zip(paths, stems, strict=True)}
 
 
 DEMO_PHANTOMS = ("abdomen", "thorax", "pelvis", "head")
@@ -639,7 +647,9 @@ def holdout_sources(
 def file_sources(paths: Sequence[str | Path]) -> list[ImageSource]:
     """One source per CT file (its first selected slice), with ids ``file_<j>_<name>/000`` in the given order."""
     return [
-        ImageSource(image_id=f"file_{j:02d}_{Path(path).name.split('.')[0] or 'image'}/000", kind="file", path=str(path))
+        ImageSource(
+            image_id=f"file_{j:02d}_{Path(path).name.split('.')[0] or 'image'}/000", kind="file", path=str(path)
+        )
         for j, path in enumerate(paths)
     ]
 

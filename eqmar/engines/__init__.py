@@ -1,4 +1,6 @@
-"""Training workflows shared by every eqmar recipe: the training settings, the arms, a configured trainer and the reports."""
+"""Training workflows shared by every eqmar recipe: the training settings, the arms, a configured
+trainer and the reports.
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ __all__ = ["COMMON_FIELDS", "add_experiment_arguments", "collect_overrides", "ru
 
 # The flags of add_experiment_arguments whose argparse dest is a TrainingConfig field of the same name.
 COMMON_FIELDS: tuple[str, ...] = tuple(
-    name for name in TRAINING_FIELDS if name not in ("output_dir", "arms", "milestones", "lr_decay", "resume", "progress")
+    name
+    for name in TRAINING_FIELDS
+    if name not in ("output_dir", "arms", "milestones", "lr_decay", "resume", "progress")
 )
 
 
@@ -59,7 +61,9 @@ def add_experiment_arguments(
     parser.add_argument("--lr", type=float)
     parser.add_argument("--lambda", dest="weight", type=float, help="EQ-Reg weight")
     parser.add_argument("--group", choices=["C2", "C4", "D4", "C8"], help="rotation group (strict arm: C2, C4 or D4)")
-    parser.add_argument("--reduction", choices=["norm", "mean"], help="EQ-Reg residual: published Frobenius norm or RMS")
+    parser.add_argument(
+        "--reduction", choices=["norm", "mean"], help="EQ-Reg residual: published Frobenius norm or RMS"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(

@@ -168,7 +168,11 @@ def merge_earlier_arms(
     merged: dict[str, dict[str, Any]] = {arm: dict(summary) for arm, summary in arms.items()}
     # the machine goes with each kept arm: results are deterministic per processor, not across them
     merged.update(
-        {arm: {"machine": machine, **summary, "from_earlier_run": True} for arm, summary in earlier.items() if arm not in arms}
+        {
+            arm: {"machine": machine, **summary, "from_earlier_run": True}
+            for arm, summary in earlier.items()
+            if arm not in arms
+        }
     )
     rank = {arm: index for index, arm in enumerate(order)}
     # sorted() is stable: arms outside ``order`` keep their place, this run's first, after the ordered ones
@@ -371,7 +375,9 @@ def plot_image_grid(
         raise ValueError("plot_image_grid: no rows to plot.")
     columns = list(rows[0])
     low, high = value_range
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(cell_size[0] * len(columns), cell_size[1] * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), len(columns), figsize=(cell_size[0] * len(columns), cell_size[1] * len(rows)), squeeze=False
+    )
     for r, row in enumerate(rows):
         for c, name in enumerate(columns):
             ax = axes[r][c]

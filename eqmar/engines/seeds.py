@@ -72,7 +72,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         raise ValueError(f"paired_difference: need the same non-zero number of seeds, got {len(a)} and {len(b)}.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
-    diffs = [float(x) - float(y) for x, y in zip(a, b)]
+    diffs = [float(x) - float(y) for x, y in zip(a, b, strict=True)]
     mean, sd = mean_sd(diffs)
     n = len(diffs)
     if n == 1:

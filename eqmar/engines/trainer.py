@@ -149,7 +149,9 @@ def build_trainer(
 
     if output_dir is not None:
         ckpt_dir = Path(output_dir) / "checkpoints"
-        state = {CHECKPOINT_NETWORK_KEY: module, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state}
+        state = {
+            CHECKPOINT_NETWORK_KEY: module, "optimizer": optimizer, "trainer": trainer, **components.checkpoint_state
+        }
         if lr_scheduler is not None:
             state["lr_scheduler"] = lr_scheduler
         previous = latest_checkpoint(ckpt_dir) if resume else None

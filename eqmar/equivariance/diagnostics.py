@@ -110,7 +110,9 @@ def _network_output(network: nn.Module, prepared: Any) -> torch.Tensor:
     return out.float()
 
 
-def _output_error_terms(pred: torch.Tensor, half: int, group: RotationGroup, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _output_error_terms(
+    pred: torch.Tensor, half: int, group: RotationGroup, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     base, moved = pred[:half], pred[half:]
     # equivariance wherever the group can act on the output (C2 also on non-square maps)
     if pred.ndim == 4 and group.acts_on(*pred.shape[-2:]):

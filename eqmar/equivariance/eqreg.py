@@ -160,7 +160,9 @@ class EQReg(RotationPairing):
     >>> from eqmar import EQReg, convs_divisible_by
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <torch._C.Generator object at ...>
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1))
+    >>> net = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1)
+    ... )
     >>> eqreg = EQReg(net, layers=convs_divisible_by("C4"), group="C4", weight=1e-3)
     >>> x, y = eqreg.pair((torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)), n=1)  # [x ; rot90(x)]
     >>> x.shape

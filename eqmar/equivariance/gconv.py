@@ -25,7 +25,9 @@ __all__ = ["GroupLiftingConv2d", "GroupConv2d", "GroupPool"]
 def _exact_group(group: str | RotationGroup) -> RotationGroup:
     grp = get_group(group)
     if not grp.exact:
-        raise ValueError(f"Strict group convolutions need a group acting by pixel permutations; {grp.name} interpolates.")
+        raise ValueError(
+            f"Strict group convolutions need a group acting by pixel permutations; {grp.name} interpolates."
+        )
     return grp
 
 
@@ -68,7 +70,8 @@ class GroupLiftingConv2d(_GroupConvBase):
     """
 
     def __init__(
-        self, in_channels: int, out_fields: int, kernel_size: int = 3, group: str | RotationGroup = "C4", bias: bool = True
+        self, in_channels: int, out_fields: int, kernel_size: int = 3, group: str | RotationGroup = "C4",
+        bias: bool = True,
     ) -> None:
         super().__init__((out_fields, in_channels, kernel_size, kernel_size), out_fields, kernel_size, group, bias)
         self.in_channels = in_channels
@@ -90,7 +93,8 @@ class GroupConv2d(_GroupConvBase):
     """
 
     def __init__(
-        self, in_fields: int, out_fields: int, kernel_size: int = 3, group: str | RotationGroup = "C4", bias: bool = True
+        self, in_fields: int, out_fields: int, kernel_size: int = 3, group: str | RotationGroup = "C4",
+        bias: bool = True,
     ) -> None:
         grp = _exact_group(group)
         shape = (out_fields, in_fields, grp.order, kernel_size, kernel_size)

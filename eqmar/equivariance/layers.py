@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Iterable
-from typing import Union
 
 from torch import nn
 
@@ -22,7 +21,7 @@ __all__ = [
 
 #: What may name the regularised layers: a module type or tuple of types (every instance),
 #: a qualified name / regular expression, a list of names, or a predicate ``(name, module) -> bool``.
-LayerSpec = Union[type, tuple, str, Iterable[str], Callable[[str, nn.Module], bool]]
+LayerSpec = type | tuple | str | Iterable[str] | Callable[[str, nn.Module], bool]
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -51,7 +50,9 @@ def _select_by_names(modules: dict[str, nn.Module], names: list[str]) -> dict[st
         if not matches:
             close = difflib.get_close_matches(name, list(modules), n=5)
             hint = f" Did you mean {close}?" if close else ""
-            raise ValueError(f"EQ-Reg: no layer named {raw!r} (or matching it as a regular expression) in the network.{hint}")
+            raise ValueError(
+                f"EQ-Reg: no layer named {raw!r} (or matching it as a regular expression) in the network.{hint}"
+            )
         selected.update(matches)
     return selected
 
@@ -106,7 +107,9 @@ def check_channel_divisibility(layers: dict[str, nn.Module], group: str | Rotati
         )
 
 
-def convs_divisible_by(group: str | RotationGroup, types: type | tuple[type, ...] = nn.Conv2d) -> Callable[[str, nn.Module], bool]:
+def convs_divisible_by(
+    group: str | RotationGroup, types: type | tuple[type, ...] = nn.Conv2d
+) -> Callable[[str, nn.Module], bool]:
     """Predicate selecting every conv whose output channels fit the group's orientation blocks.
 
     Output convs with one channel (the restored image) have no orientation channels; this predicate

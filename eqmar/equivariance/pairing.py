@@ -54,7 +54,8 @@ def infer_batch_size(batch: Any, image_keys: Sequence[str] | None = None) -> int
     if not images:
         raise ValueError(
             "EQ-Reg: the batch contains no image tensor of shape (B, C, H, W) to rotate; "
-            f"got {type(batch).__name__}" + (f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else "")
+            f"got {type(batch).__name__}"
+            + (f" with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else "")
         )
     return int(images[0].shape[0])
 

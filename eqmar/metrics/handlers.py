@@ -129,7 +129,9 @@ class _MARMetric(Metric):
                 f"got {type(output).__name__} with {len(output) if isinstance(output, (tuple, list)) else 1} item(s)"
             )
         labels = ("pred", "gt", "metal_mask")
-        pred, gt, mask = (_as_image_batch(item, f"{name}: {label}") for item, label in zip(output, labels))
+        pred, gt, mask = (
+            _as_image_batch(item, f"{name}: {label}") for item, label in zip(output, labels, strict=False)
+        )
         scores = type(self)._batch_score(pred, gt, mask, png_autoscale=self.png_autoscale).to(self._device)
         self._sum += scores.sum()
         self._num += scores.numel()
@@ -154,7 +156,7 @@ class _MARMetric(Metric):
             raise NotComputableError(f"{type(self).__name__} needs at least one sample before it can be computed")
         self.group_means = {
             group: (total / count).item() if count > 0 else math.nan
-            for group, total, count in zip(GROUP_NAMES, self._group_sum, self._group_num)
+            for group, total, count in zip(GROUP_NAMES, self._group_sum, self._group_num, strict=True)
         }
         return (self._sum / self._num).item()
 

@@ -3,8 +3,9 @@
 All networks take ONE tensor ``(B, 3, H, W)`` = [ma_CT, LI_CT, non-metal mask (1 outside metal)]
 in µ units and return the corrected ``(B, 1, H, W)`` image in eval mode. The unrolled dictionary
 networks (DICDNet, ACDNet, OSCNet) return a :class:`MAROutput` in training mode, which
-:class:`eqmar.losses.MARLoss` consumes. :func:`proximal_conv_names` lists the convs EQ-Reg hooks. :mod:`eqmar.networks.group_equivariant` holds the
-strictly equivariant P4/P4M networks used as hard-constraint baselines by every recipe.
+:class:`eqmar.losses.MARLoss` consumes. :func:`proximal_conv_names` lists the convs EQ-Reg hooks.
+:mod:`eqmar.networks.group_equivariant` holds the strictly equivariant P4/P4M networks used as
+hard-constraint baselines by every recipe.
 
 The other tasks' networks: :mod:`eqmar.networks.restoration` (a residual MONAI U-Net and its
 parameter-matched strict twin, for natural-image restoration), :mod:`eqmar.networks.inpainting`

@@ -101,7 +101,9 @@ class StrictClassifier(nn.Module):
         group: "C4" (P4), "D4" (P4M) or "C2".
     """
 
-    def __init__(self, in_channels: int, num_classes: int, fields: Sequence[int] = (8, 16, 32), group: str = "C4") -> None:
+    def __init__(
+        self, in_channels: int, num_classes: int, fields: Sequence[int] = (8, 16, 32), group: str = "C4"
+    ) -> None:
         super().__init__()
         if not fields:
             raise ValueError("StrictClassifier needs at least one stage.")
@@ -110,7 +112,11 @@ class StrictClassifier(nn.Module):
         for stage, width in enumerate(fields):
             if stage:
                 layers.append(nn.MaxPool2d(2))
-            first = GroupLiftingConv2d(in_channels, width, 3, group) if previous is None else GroupConv2d(previous, width, 3, group)
+            first = (
+                GroupLiftingConv2d(in_channels, width, 3, group)
+                if previous is None
+                else GroupConv2d(previous, width, 3, group)
+            )
             layers += [first, nn.ReLU(inplace=True), GroupConv2d(width, width, 3, group), nn.ReLU(inplace=True)]
             previous = width
         self.features = nn.Sequential(*layers)

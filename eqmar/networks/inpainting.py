@@ -6,8 +6,8 @@ and averages the Poisson noise. Learning the correction of that estimate (as the
 corrects the LI image) is what makes a few hundred CPU iterations enough: a U-Net asked to correct
 the raw masked image was still far below the masked average after 600 iterations on the bundled
 photographs (17.4 dB vs 23.6 dB PSNR on the two test images), while correcting the average it
-passed it within 200 iterations (24.7 dB; 25.2 dB after 400). The window is square and uniform, so the estimate is exactly
-rotation-equivariant and the strict network stays strict.
+passed it within 200 iterations (24.7 dB; 25.2 dB after 400). The window is square and uniform, so
+the estimate is exactly rotation-equivariant and the strict network stays strict.
 """
 
 from __future__ import annotations

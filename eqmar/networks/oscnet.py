@@ -32,8 +32,8 @@ __all__ = ["OSCNet", "OrientationSharedDictionary", "rotated_fourier_basis"]
 def _harmonics(order: int) -> list[tuple[int, int]]:
     """Integer frequency pairs of a 2-D Fourier series of the given order, one of each ±pair."""
     low, high = -(order // 2), (order - 1) // 2
-    pairs = [(k, l) for k in range(low, high + 1) for l in range(low, high + 1)]
-    return [(k, l) for k, l in pairs if k > 0 or (k == 0 and l >= 0)]
+    pairs = [(k, j) for k in range(low, high + 1) for j in range(low, high + 1)]
+    return [(k, j) for k, j in pairs if k > 0 or (k == 0 and j >= 0)]
 
 
 def rotated_fourier_basis(kernel_size: int = 9, num_rotations: int = 8, order: int = 5) -> torch.Tensor:
@@ -66,10 +66,10 @@ def rotated_fourier_basis(kernel_size: int = 9, num_rotations: int = 8, order: i
     radius2 = xx**2 + yy**2
     window = torch.exp(-torch.clamp(radius2 - 1.0, min=0.0) / 0.2)
     columns = []
-    for k, l in _harmonics(order):
-        phase = omega * (k * xr + l * yr)
+    for k, j in _harmonics(order):
+        phase = omega * (k * xr + j * yr)
         columns.append(torch.cos(phase) * window)
-        if (k, l) != (0, 0):
+        if (k, j) != (0, 0):
             columns.append(torch.sin(phase) * window)
     raw = torch.stack(columns, dim=-1).reshape(num_rotations * kernel_size**2, -1)
     u, s, _ = torch.linalg.svd(raw, full_matrices=False)

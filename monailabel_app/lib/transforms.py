@@ -79,8 +79,8 @@ class RandMARSliced(RandomizableTransform, MapTransform):
         image, label = d[image_key], d[label_key]
         if tuple(image.shape) != tuple(label.shape) or image.ndim != 4:
             raise ValueError(
-                f"RandMARSliced: image {tuple(image.shape)} and label {tuple(label.shape)} must be (1, X, Y, Z) volumes "
-                "on the same grid."
+                f"RandMARSliced: image {tuple(image.shape)} and label {tuple(label.shape)} must be (1, X, Y, Z) "
+                "volumes on the same grid."
             )
         affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
         ma = nifti_to_axial(np.asarray(image[0], dtype=np.float32), affine)
@@ -98,6 +98,7 @@ class RandMARSliced(RandomizableTransform, MapTransform):
             mask = resize_square(metal.astype(np.float32), size, "mask") > 0
         ma_mu = hu_to_mu(prepare_hu(ma_square, size))
         li_mu = image_domain_li(ma_mu, mask, engine.projector(), self.trace_model) if mask.any() else ma_mu
-        for key, value in (("ma_CT", ma_mu), ("LI_CT", li_mu), ("gt", hu_to_mu(prepare_hu(clean_square, size))), ("mask", mask)):
+        for key, value in (("ma_CT", ma_mu), ("LI_CT", li_mu), ("gt", hu_to_mu(prepare_hu(clean_square, size))),
+                           ("mask", mask)):
             d[key] = torch.as_tensor(np.asarray(value, dtype=np.float32))[None]
         return d

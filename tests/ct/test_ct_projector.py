@@ -1,4 +1,7 @@
-"""Tests for eqmar.ct.projector and eqmar.ct.backprojection (CPU; device selection by mocking, the real CUDA path in test_ct_cuda.py)."""
+"""Tests for eqmar.ct.projector and eqmar.ct.backprojection.
+
+CPU; device selection by mocking, the real CUDA path in test_ct_cuda.py.
+"""
 
 from __future__ import annotations
 

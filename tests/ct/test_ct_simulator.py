@@ -70,7 +70,8 @@ def test_clean_outputs(simulator, prepared):
     assert out["image"].shape == out["poly_CT"].shape == GEOMETRY.image_shape
     assert all(v.dtype == np.float32 for v in out.values())
     x, y = _coordinates(GEOMETRY.image_size)
-    soft = ((x / 4.5) ** 2 + (y / 3.5) ** 2 < 1) & ((x - 1.5) ** 2 + (y - 1) ** 2 > 1.6**2) & ((x + 2) ** 2 + y**2 > 1.2**2)
+    soft = (((x / 4.5) ** 2 + (y / 3.5) ** 2 < 1) & ((x - 1.5) ** 2 + (y - 1) ** 2 > 1.6**2)
+            & ((x + 2) ** 2 + y**2 > 1.2**2))
     # beam-hardening-corrected polychromatic reconstruction stays close to the 70 keV truth in
     # soft tissue away from edges (measured: mean 0.2017 vs 0.1997 /cm, RMSE 0.0042)
     assert out["poly_CT"][soft].mean() == pytest.approx(img.mu[soft].mean(), abs=0.006)

@@ -93,4 +93,4 @@ def test_demo_ct_slices_mix():
     # CT_small.dcm spans -896..1167 HU; bilinear upsampling stays within that range.
     assert -896 <= real.min() < -800 and 1000 < real.max() <= 1167
     again = demo_ct_slices(6, seed=2, size=256)
-    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(slices, again))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(slices, again, strict=False))

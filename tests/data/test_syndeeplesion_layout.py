@@ -30,7 +30,9 @@ def _h5_layout(path: Path) -> dict[str, tuple]:
     """What a reader of the published files depends on, per dataset."""
     with h5py.File(path, "r") as f:
         return {
-            key: (f[key].shape, f[key].dtype, f[key].compression, f[key].compression_opts, f[key].chunks, f[key].shuffle)
+            key: (
+                f[key].shape, f[key].dtype, f[key].compression, f[key].compression_opts, f[key].chunks, f[key].shuffle
+            )
             for key in f
         }
 

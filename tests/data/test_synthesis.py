@@ -54,7 +54,8 @@ def test_demo_set_layout_and_reproducibility(tmp_path, masks) -> None:
         assert f["ma_CT"].shape == (64, 64) and f["ma_sinogram"].shape == (72, layout_bins(f))
         assert f["metal_trace"].dtype == np.uint8 and f["ma_CT"].compression == "gzip"
     # Two workers, reversed order: identical data (every file has its own seeded stream).
-    synthesize_dataset(sources[::-1], masks, tmp_path / "b", "test", CONFIG, mask_indices=[0, 6], workers=2, progress=False)
+    synthesize_dataset(sources[::-1], masks, tmp_path / "b", "test", CONFIG, mask_indices=[0, 6], workers=2,
+                       progress=False)
     a, b = _datasets(tmp_path / "a"), _datasets(tmp_path / "b")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
@@ -120,7 +121,8 @@ def test_unknown_source_kind_is_a_failure_not_a_crash(tmp_path, masks) -> None:
 
 def test_cli_help_and_demo_run(tmp_path) -> None:
     script = ROOT / "data_tools" / "synthesize_mar.py"
-    help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                               check=True).stdout
     assert "--deeplesion" in help_text and "--shard" in help_text and "resumable" in help_text
     run = subprocess.run(
         [sys.executable, str(script), "--out", str(tmp_path), "--image-size", "64", "--views", "72",
@@ -129,7 +131,8 @@ def test_cli_help_and_demo_run(tmp_path) -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "test: 2/2 images complete, 4 files written" in run.stdout
-    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--shard", "4/2"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--shard", "4/2"],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "--shard" in bad.stderr
 
 

@@ -114,7 +114,7 @@ def test_two_gloo_processes_train_identical_weights_with_identical_draws(tmp_pat
 
     # Each rank loads half the global batch of 4; together the ranks cover every sample once per epoch,
     # and set_epoch gives the second epoch another order.
-    for step0, step1 in zip(r0["indices"], r1["indices"]):
+    for step0, step1 in zip(r0["indices"], r1["indices"], strict=False):
         assert len(step0) == len(step1) == 2 and not set(step0) & set(step1)
     for epoch in (slice(0, 2), slice(2, 4)):
         assert sorted(sum(r0["indices"][epoch] + r1["indices"][epoch], [])) == list(range(8))

@@ -55,7 +55,7 @@ def test_paired_arms_train_on_rotated_copies_of_image_and_label(arm: str) -> Non
     first_images = [batch["image"] for batch in loader]
     assert len(inputs) == len(labels) == len(first_images) == 4
     drawn = []
-    for x, y, original in zip(inputs, labels, first_images):
+    for x, y, original in zip(inputs, labels, first_images, strict=True):
         assert torch.equal(x[:2], original)  # the original half is untouched
         k = _rotation_between(x[:2], x[2:])
         assert k in SETTINGS.elements

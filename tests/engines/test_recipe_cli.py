@@ -45,13 +45,15 @@ def test_only_the_flags_a_user_sets_become_overrides() -> None:
     args = _parse(["--epochs", "3", "--lambda", "0.5", "--arm", "eqreg", "--arm", "eqreg", "--no-progress"])
     overrides = collect_overrides(args)
     assert overrides == {
-        "epochs": 3, "weight": 0.5, "arms": ("eqreg",), "output_dir": Path("runs/x"), "resume": False, "progress": False,
+        "epochs": 3, "weight": 0.5, "arms": ("eqreg",), "output_dir": Path("runs/x"), "resume": False,
+        "progress": False,
     }
 
 
 def test_run_experiment_cli_builds_the_demo_or_published_config(tmp_path, capsys) -> None:
     args = _parse(["--epochs", "2"])
-    assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"epochs={r['cfg'].training.epochs}") == 0
+    assert run_experiment_cli(args, _Config, _run, collect_overrides(args),
+                              lambda r, c: f"epochs={r['cfg'].training.epochs}") == 0
     assert "epochs=2" in capsys.readouterr().out
     args = _parse(["--data", str(tmp_path)])
     assert run_experiment_cli(args, _Config, _run, collect_overrides(args), lambda r, c: f"data={c.data}") == 0
@@ -85,7 +87,8 @@ def test_user_errors_exit_2_with_one_line(argv, capsys) -> None:
 
 
 # mar_seeds.py drives mar_deeplesion.py and hands it the shared flags after "--"
-@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.name not in ("bootstrap.py", "mar_seeds.py")], ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r.name not in ("bootstrap.py", "mar_seeds.py")],
+                         ids=lambda p: p.name)
 def test_every_recipe_has_help_and_the_shared_flags(recipe: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         _main(recipe)(["--help"])

@@ -221,7 +221,8 @@ def test_mar_merges_arms_and_writes_results_before_its_figures(tmp_path, monkeyp
     from eqmar.apps.mar import workflow
     from eqmar.apps.mar.workflow import MARExperimentConfig, run_mar_experiment
 
-    demo = {"cache": str(tmp_path / "data"), "image_size": 64, "views": 72, "train_images": 2, "test_images": 1, "seed": 0}
+    demo = {"cache": str(tmp_path / "data"), "image_size": 64, "views": 72, "train_images": 2, "test_images": 1,
+            "seed": 0}
     tiny = dict(output_dir=tmp_path / "run", num_stages=2, features=8, num_filters=8, num_res_blocks=1, epochs=1,
                 iters_per_epoch=1, batch_size=2, patch_size=32, train_masks=(0, 1), demo=demo, progress=False)
     run_mar_experiment(MARExperimentConfig.demo_default(arms=("eqreg",), **tiny))

@@ -138,7 +138,8 @@ def test_default_layers_skip_convs_that_do_not_fit_the_group_with_one_warning() 
     assert len(caught) == 1 and "final_conv" not in eqreg.layers and len(eqreg.layers) == 18
     with pytest.raises(ValueError, match="no nn.Conv2d of Conv2d has output channels divisible"):
         EQReg(nn.Conv2d(1, 3, 3), group="C4")
-    with pytest.raises(ValueError, match="these layers are not: final_conv"):  # an explicit choice is never trimmed silently
+    # an explicit choice is never trimmed silently
+    with pytest.raises(ValueError, match="these layers are not: final_conv"):
         EQReg(net, layers=nn.Conv2d, group="C4")
     with pytest.raises(ValueError, match="no layer named 'nothing'"):
         EQReg(net, layers=["nothing"], group="C4")

@@ -16,6 +16,7 @@ from torch import nn
 from eqmar.equivariance import EQReg, convs_divisible_by, equivariance_report, get_group
 
 FEATURES = (8, 8, 16, 16, 32, 8)
+CPU = torch.device("cpu")
 
 
 def _smooth_images(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -43,7 +44,7 @@ def _trainer(
     data=None,
     handlers=(),
     lr: float = 2e-3,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device = CPU,
 ) -> SupervisedTrainer:
     loader = DataLoader(data or _denoising_data(), batch_size=4, shuffle=False)
     return SupervisedTrainer(
@@ -118,7 +119,8 @@ def _train_and_measure(weight: float) -> float:
     eqreg = EQReg(net, layers=convs_divisible_by("C4"), weight=weight, reduction="mean", seed=0)
     torch.manual_seed(0)
     _trainer(net, eqreg, epochs=6, lr=1e-2).run()
-    report = equivariance_report(net, DataLoader(_denoising_data(8, seed=7), batch_size=4), layers=convs_divisible_by("C4"))
+    report = equivariance_report(net, DataLoader(_denoising_data(8, seed=7), batch_size=4),
+                                 layers=convs_divisible_by("C4"))
     return report.mean_layer_error
 
 
@@ -276,7 +278,7 @@ def test_hook_gradients_equal_an_independent_reference_with_in_place_activations
     # cuDNN may reduce weight gradients in another order for the two networks (atomics, TF32)
     atol = 1e-6 if device.type == "cpu" else 1e-4
     assert torch.allclose(loss, loss_ref, atol=atol)
-    for (name, p), p_ref in zip(hooked.named_parameters(), reference.parameters()):
+    for (name, p), p_ref in zip(hooked.named_parameters(), reference.parameters(), strict=False):
         assert torch.allclose(p.grad, p_ref.grad, atol=atol), name
 
 
@@ -308,7 +310,8 @@ def test_a_layer_output_that_is_not_4d_is_named_with_its_shape_or_type() -> None
     image = torch.randn(2, 1, 8, 8)
     flat = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(2))
     eqreg = EQReg(flat, layers=["1"])
-    with pytest.raises(ValueError, match=r"layer '1' must output a \(B, C, H, W\) tensor, got a tensor of shape \(4, 4, 64\)\."):
+    with pytest.raises(ValueError, match=r"layer '1' must output a \(B, C, H, W\) tensor, "
+                                         r"got a tensor of shape \(4, 4, 64\)\."):
         flat(eqreg.pair(image, n=1))
     wrapped = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), _DictOutput())
     eqreg = EQReg(wrapped, layers=["1"])

@@ -54,7 +54,8 @@ def test_strict_network_reports_zero_and_plain_cnn_does_not(tmp_path) -> None:
 
 
 def test_classifier_output_is_scored_as_invariance() -> None:
-    net = nn.Sequential(GroupLiftingConv2d(1, 2, 3), GroupPool(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    net = nn.Sequential(GroupLiftingConv2d(1, 2, 3), GroupPool(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(2, 3))
     report = equivariance_report(net, [torch.randn(3, 1, 12, 12)], layers=GroupLiftingConv2d)
     assert report.output < 1e-5
 

@@ -248,7 +248,7 @@ def _naive_acdnet(net: ACDNet, x: torch.Tensor) -> torch.Tensor:
         return xq[:, :1], xq[:, 1:], xq
 
     d0 = net.warmup_dictionary.weight * 0.1
-    m = None
+    m = a = None  # both bound by the first stage, read from the second on
     for stage in net.warmup_stages:
         if m is None:
             m = stage.m_net(F.conv_transpose2d(F.relu(mask * (ma - image) - net.artifact_threshold), d0, padding=pad))
@@ -316,7 +316,8 @@ def _conformance_pairs(root) -> list[tuple[torch.Tensor, torch.Tensor]]:
             ma, li = f["ma_CT"][()], f["LI_CT"][()]
         metal = np.asarray(Image.fromarray(masks[:, :, k]).resize((416, 416), Image.BILINEAR), dtype=np.float32)
         pairs.append(
-            (torch.from_numpy(np.stack([ma, li, 1 - metal])).float(), torch.from_numpy(np.stack([gt, 1 - metal])).float())
+            (torch.from_numpy(np.stack([ma, li, 1 - metal])).float(),
+             torch.from_numpy(np.stack([gt, 1 - metal])).float())
         )
     return pairs
 

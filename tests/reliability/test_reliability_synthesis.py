@@ -146,7 +146,7 @@ def test_sigkill_mid_run_then_restart_gives_the_uninterrupted_data(tmp_path: Pat
         out = tmp_path / f"resumed_{demo_count}"
         total = demo_count * FILES_PER_IMAGE
 
-        def ready() -> bool:
+        def ready(out=out, total=total) -> bool:
             done = len(h5_files(out))
             # Prefer the moment a file is being written, so the kill also leaves a half-written
             # temporary; do not wait past half of the files for it.

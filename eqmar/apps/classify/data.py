@@ -249,7 +249,7 @@ def make_loader(
     """
     from monai.data import DataLoader, Dataset
 
-    items = [{"image": image, "label": int(label)} for image, label in zip(images.images, images.labels)]
+    items = [{"image": image, "label": int(label)} for image, label in zip(images.images, images.labels, strict=False)]
     return DataLoader(
         Dataset(items), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers
     )

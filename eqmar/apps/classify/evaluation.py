@@ -71,7 +71,9 @@ def rotate_images(
         raise ValueError(f"rotate_images: {values.size} angles for {images.shape[0]} images.")
     height, width = images.shape[-2:]
     theta = _centred_rotations(values, height, width).to(images.device)
-    warp = AffineTransform(normalized=False, mode=mode, padding_mode="zeros", align_corners=False, reverse_indexing=True)
+    warp = AffineTransform(
+        normalized=False, mode=mode, padding_mode="zeros", align_corners=False, reverse_indexing=True
+    )
     return warp(images.float(), theta, spatial_size=(height, width))
 
 
@@ -84,7 +86,10 @@ def predict(network: nn.Module, images: torch.Tensor, batch_size: int = 256, dev
     was_training = network.training
     network.eval()
     try:
-        chunks = [network(images[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(images), batch_size)]
+        chunks = [
+            network(images[i : i + batch_size].to(device)).argmax(dim=1).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     finally:
         network.train(was_training)
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
@@ -142,6 +147,9 @@ def evaluate_rotations(
         "rot90_per_angle": {str(int(a)): accuracy(p) for a, p in right.items()},
         "rot90_consistency": float(consistent.float().mean()) if len(labels) else float("nan"),
         "random_acc": float(np.mean(random_accs)) if random_accs else float("nan"),
-        "curve": {"angles": [float(a) for a in curve_angles], "accuracy": [accuracy(predictions_at(a)) for a in curve_angles]},
+        "curve": {
+            "angles": [float(a) for a in curve_angles],
+            "accuracy": [accuracy(predictions_at(a)) for a in curve_angles],
+        },
         "samples": len(labels),
     }

@@ -180,7 +180,8 @@ def build_task(cfg: ClassificationConfig, data: ClassificationData) -> tuple[Tas
         make_optimizer=_make_optimizer(cfg),
         loss_function=nn.CrossEntropyLoss(),
         train_loader=make_loader(
-            data.train, cfg.training.batch_size, shuffle=True, drop_last=len(data.train) > cfg.training.batch_size, num_workers=cfg.training.workers
+            data.train, cfg.training.batch_size, shuffle=True, drop_last=len(data.train) > cfg.training.batch_size,
+            num_workers=cfg.training.workers,
         ),
         evaluate=evaluate,
         max_epochs=cfg.training.epochs,
@@ -188,12 +189,16 @@ def build_task(cfg: ClassificationConfig, data: ClassificationData) -> tuple[Tas
         image_keys=("image",),
         probe_loader=[next(iter(make_loader(probe, len(probe))))],
     )
-    settings = EQRegSettings(weight=cfg.training.weight, group=cfg.training.group, layers=nn.Conv2d, reduction=cfg.training.reduction)  # type: ignore[arg-type]
+    settings = EQRegSettings(
+        weight=cfg.training.weight, group=cfg.training.group, layers=nn.Conv2d,
+        reduction=cfg.training.reduction,  # type: ignore[arg-type]
+    )
     return task, settings
 
 
 def _run_strict_arm(
-    name: str, cfg: ClassificationConfig, task: TaskSpec, settings: EQRegSettings, num_classes: int, device: torch.device
+    name: str, cfg: ClassificationConfig, task: TaskSpec, settings: EQRegSettings, num_classes: int,
+    device: torch.device,
 ) -> ArmResult:
     """Train one strict baseline; its files go to ``output_dir/<name>/strict``."""
     reference = task.make_network()
@@ -202,8 +207,9 @@ def _run_strict_arm(
         task, make_strict_network=lambda: strict_classifier(reference, cfg.channels, group, 1, num_classes, cfg.norm)
     )
     result = run_arms(
-        strict_task, [STRICT_ARM], settings, seed=cfg.training.seed, device=device, output_dir=Path(cfg.training.output_dir) / name,
-        resume=cfg.training.resume, checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
+        strict_task, [STRICT_ARM], settings, seed=cfg.training.seed, device=device,
+        output_dir=Path(cfg.training.output_dir) / name, resume=cfg.training.resume,
+        checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
     )[STRICT_ARM]
     result.arm = name
     return result
@@ -230,8 +236,9 @@ def _train_arms(cfg: ClassificationConfig, data: ClassificationData, device: tor
     results: dict[str, ArmResult] = {}
     if cnn_arms:
         results.update(run_arms(
-            task, cnn_arms, settings, seed=cfg.training.seed, device=device, output_dir=cfg.training.output_dir, resume=cfg.training.resume,
-            checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
+            task, cnn_arms, settings, seed=cfg.training.seed, device=device, output_dir=cfg.training.output_dir,
+            resume=cfg.training.resume, checkpoint_interval=cfg.training.checkpoint_interval,
+            progress=cfg.training.progress,
         ))
     for name in (a for a in cfg.training.arms if a in STRICT_ARMS):
         results[name] = _run_strict_arm(name, cfg, task, settings, len(data.class_names), device)
@@ -239,7 +246,8 @@ def _train_arms(cfg: ClassificationConfig, data: ClassificationData, device: tor
 
 
 def _write_outputs(
-    cfg: ClassificationConfig, data: ClassificationData, results: dict[str, ArmResult], device: torch.device, seconds: float
+    cfg: ClassificationConfig, data: ClassificationData, results: dict[str, ArmResult], device: torch.device,
+    seconds: float,
 ) -> dict[str, Any]:
     """Tables, ``results.json`` and ``results.md``, then the figures; returns the JSON payload.
 
@@ -250,7 +258,9 @@ def _write_outputs(
     """
     out = Path(cfg.training.output_dir)
     config = config_as_json(cfg)
-    arms = merge_earlier_arms(out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS, check=arm_row)
+    arms = merge_earlier_arms(
+        out, config, {arm: arm_summary(r) for arm, r in results.items()}, order=ALL_ARMS, check=arm_row
+    )
     digits = {column: places for column, (_, _, places) in TABLE_COLUMNS.items()}
     table = format_arm_table({arm: arm_row(s) for arm, s in arms.items()}, digits=digits, first_header="arm")
     table = note_earlier_arms(table, arms)
@@ -266,7 +276,9 @@ def _write_outputs(
             "image_size": cfg.image_size,
         },
         "device": str(device),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()
+        },
         "arms": arms,
         "table": table,
         "equivariance_table": equivariance,
@@ -275,14 +287,17 @@ def _write_outputs(
     write_results(out, payload, [table, equivariance])
     plot_accuracy_curves(
         {arm: r.metrics["curve"] for arm, r in results.items()}, out / "accuracy_vs_angle.png",
-        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, seed {cfg.training.seed})",
+        title=f"Trained upright, tested rotated ({data.split} split, {len(data.evaluation)} images, "
+        f"seed {cfg.training.seed})",
     )
     # Strict networks are left out of this plot: their errors are zero, which a log axis cannot show.
     reports = {arm: r.equivariance for arm, r in results.items() if arm in ARMS and r.equivariance is not None}
     if reports:
         from eqmar.equivariance import plot_equivariance_report
 
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.training.group})")
+        plot_equivariance_report(
+            reports, out / "equivariance.png", title=f"CNN arms: equivariance error ({cfg.training.group})"
+        )
     return payload
 
 

@@ -174,7 +174,9 @@ def _strict_factory(cfg: DerainExperimentConfig, reference: nn.Module) -> Callab
     from eqmar.networks.restoration import matched_strict_network
 
     params = count_parameters(reference)
-    return lambda: matched_strict_network(params, cfg.in_channels, cfg.in_channels, depth=cfg.strict_depth, group=cfg.training.group)
+    return lambda: matched_strict_network(
+        params, cfg.in_channels, cfg.in_channels, depth=cfg.strict_depth, group=cfg.training.group
+    )
 
 
 def rain_degradation(cfg: DerainExperimentConfig) -> Any:
@@ -195,8 +197,13 @@ def _data(cfg: DerainExperimentConfig) -> dict[str, Any]:
     if cfg.data is not None:
         from eqmar.apps.derain.data import find_rain_folder, load_pair_transform, rain_pairs
 
-        folders = {split: find_rain_folder(cfg.data, name) for split, name in (("train", cfg.train_split), ("test", cfg.test_split))}
-        train, test = (_limit(rain_pairs(folders[s]), n) for s, n in (("train", cfg.train_images), ("test", cfg.test_images)))
+        folders = {
+            split: find_rain_folder(cfg.data, name)
+            for split, name in (("train", cfg.train_split), ("test", cfg.test_split))
+        }
+        train, test = (
+            _limit(rain_pairs(folders[s]), n) for s, n in (("train", cfg.train_images), ("test", cfg.test_images))
+        )
         return {
             "train": train, "test": test, "load": load_pair_transform(channels=cfg.in_channels), "degradation": None,
             "meta": {"source": "Rain100L", **{f"{s}_folder": str(f) for s, f in folders.items()}},

@@ -126,7 +126,9 @@ class RandPixelMask(RandomizableTransform):
         if not self._do_transform:
             return _skip(image, self.append_mask)
         if self.mask is None or tuple(self.mask.shape[1:]) != tuple(image.shape[1:]):
-            raise ValueError(f"RandPixelMask: no mask drawn for a {tuple(image.shape[1:])} image; call with randomize=True.")
+            raise ValueError(
+                f"RandPixelMask: no mask drawn for a {tuple(image.shape[1:])} image; call with randomize=True."
+            )
         return _degrade(image, self.mask, self.gamma, self._seed, self.append_mask)
 
 

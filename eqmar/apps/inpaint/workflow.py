@@ -91,8 +91,8 @@ class InpaintingConfig:
         photographs (motorcycle held out, trained on the other three), never on the test images.
         """
         base = with_overrides(
-            cls(), data=None, features=(8, 8, 16, 16, 32, 8), epochs=10, iters_per_epoch=30, batch_size=8, patch_size=32,
-            milestones=(8,), test_size=256, weight=1e-6, threads=1,
+            cls(), data=None, features=(8, 8, 16, 16, 32, 8), epochs=10, iters_per_epoch=30, batch_size=8,
+            patch_size=32, milestones=(8,), test_size=256, weight=1e-6, threads=1,
         )
         return with_overrides(base, **overrides)
 
@@ -126,7 +126,8 @@ def build_strict_network(cfg: InpaintingConfig) -> nn.Module:
     from eqmar.networks.inpainting import build_inpainting_strict_network
 
     return build_inpainting_strict_network(
-        build_inpainting_network(cfg), cfg.channels, cfg.strict_depth, strict_group(cfg.training.group), cfg.average_size
+        build_inpainting_network(cfg), cfg.channels, cfg.strict_depth, strict_group(cfg.training.group),
+        cfg.average_size,
     )
 
 

@@ -153,7 +153,9 @@ class _Runner:
         if not self.quiet:
             print(message)
 
-    def _correct(self, volume: np.ndarray, mask: np.ndarray | None, name: str) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    def _correct(
+        self, volume: np.ndarray, mask: np.ndarray | None, name: str
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
         from eqmar.data.ct_input import check_ct_hu
 
         check_ct_hu(volume, name)  # the check of the bundle and the MONAI Label app: CT in HU, or a one-line error

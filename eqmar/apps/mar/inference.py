@@ -120,7 +120,8 @@ def model_geometry(meta: dict[str, Any] | None, source: str | Path | None = None
     preset = match.group("preset") if match else tag
     if preset.lower() not in GEOMETRY_PRESETS:
         raise ValueError(
-            f"{where}unknown geometry_tag {tag!r} in the model file's meta; expected a preset of {sorted(GEOMETRY_PRESETS)}, "
+            f"{where}unknown geometry_tag {tag!r} in the model file's meta; "
+            f"expected a preset of {sorted(GEOMETRY_PRESETS)}, "
             "optionally reduced as '<preset>_<size>px<views>v'"
         )
     base = FanBeamGeometry.preset(preset)
@@ -315,7 +316,8 @@ class MARInference:
         if info["metal_pixels"] == 0:
             info.update(metal_pixels_working=0, mask_rule=None, seconds=time.perf_counter() - start)
             info["warning"] = (
-                f"no metal found (no pixel above {self.metal_threshold_hu:g} HU and no mask given): slice returned unchanged"
+                f"no metal found (no pixel above {self.metal_threshold_hu:g} HU and no mask given): "
+                "slice returned unchanged"
                 if metal_mask is None
                 else "the given metal mask is empty: slice returned unchanged"
             )
@@ -395,14 +397,18 @@ class MARInference:
         if volume.ndim != 3:
             raise ValueError(f"MARInference.correct_volume: expected a (Z, H, W) volume, got shape {volume.shape}.")
         if metal_mask is not None and np.shape(metal_mask) != volume.shape:
-            raise ValueError(f"MARInference.correct_volume: mask shape {np.shape(metal_mask)} differs from {volume.shape}.")
+            raise ValueError(
+                f"MARInference.correct_volume: mask shape {np.shape(metal_mask)} differs from {volume.shape}."
+            )
         corrected = np.empty(volume.shape, dtype=np.float32)
         infos: list[dict[str, Any]] = []
         for k in _progress(range(volume.shape[0]), progress, description):
             corrected[k], info = self._correct(volume[k], None if metal_mask is None else np.asarray(metal_mask)[k])
             infos.append(info)
         if volume.shape[0] and all(info["metal_pixels"] == 0 for info in infos):
-            warnings.warn(f"no metal found in any of the {volume.shape[0]} slices: volume returned unchanged", stacklevel=2)
+            warnings.warn(
+                f"no metal found in any of the {volume.shape[0]} slices: volume returned unchanged", stacklevel=2
+            )
         return corrected, infos
 
     def close(self) -> None:

@@ -86,7 +86,9 @@ class PortableMARInference(MARInference):
         li_projector: str = "auto",
     ) -> None:
         if li_projector not in LI_PROJECTORS:
-            raise ValueError(f"PortableMARInference: li_projector must be one of {LI_PROJECTORS}, got {li_projector!r}.")
+            raise ValueError(
+                f"PortableMARInference: li_projector must be one of {LI_PROJECTORS}, got {li_projector!r}."
+            )
         if li_projector == "fanbeam" and not fanbeam_physics_available():
             raise ImportError(
                 "PortableMARInference: li_projector='fanbeam' needs eqmar's simulation stack (astra-toolbox), "
@@ -105,7 +107,9 @@ class PortableMARInference(MARInference):
         self.li_projector = li_projector
 
     def projector(self) -> Any:
-        """The cached LI projector: eqmar's fan-beam :class:`~eqmar.ct.projector.Projector` or the parallel-beam fallback."""
+        """The cached LI projector: eqmar's fan-beam :class:`~eqmar.ct.projector.Projector` or the
+        parallel-beam fallback.
+        """
         if self.li_projector == "fanbeam":
             return super().projector()
         key = ("parallel", self.image_size)
@@ -231,6 +235,7 @@ class MARVolumeInferer(Inferer):
             with_metal = sum(info["metal_pixels"] > 0 for info in infos)
             logger.info(
                 "MAR: %d of %d slice(s) with metal (> %g HU), %d metal pixels, LI by %s projector",
-                with_metal, len(infos), self.metal_threshold_hu, sum(i["metal_pixels"] for i in infos), engine.li_projector,
+                with_metal, len(infos), self.metal_threshold_hu, sum(i["metal_pixels"] for i in infos),
+                engine.li_projector,
             )
         return output

@@ -85,7 +85,9 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"model spec does not fit the {backbone} network: {error}") from error
 
 
-def save_mar_model(path: str | Path, network: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None) -> Path:
+def save_mar_model(
+    path: str | Path, network: nn.Module, spec: dict[str, Any], meta: dict[str, Any] | None = None
+) -> Path:
     """Write weights and network spec to ``path`` (via a temporary file: a kill never leaves half a model)."""
     from eqmar.utils import atomic_write
 
@@ -363,7 +365,9 @@ class MARModelSaver:
         try:
             build_from_spec(self.spec).load_state_dict(network.state_dict(), strict=True)
         except RuntimeError as error:
-            raise ValueError(f"MARModelSaver: the network does not match spec {self.spec}: {str(error).splitlines()[0]}") from error
+            raise ValueError(
+                f"MARModelSaver: the network does not match spec {self.spec}: {str(error).splitlines()[0]}"
+            ) from error
         meta = dict(self.meta)
         if iteration is not None:
             meta["iterations"] = iteration

@@ -33,7 +33,16 @@ import numpy as np
 from eqmar.apps.mar.inference import DEFAULT_METAL_THRESHOLD_HU, _progress, image_domain_li, threshold_metal_mask
 from eqmar.data.datasets import SynDeepLesionDataset
 
-__all__ = ["ROUTE_METAL_THRESHOLD_HU", "ROUTE_TRACE_MODEL", "STORED_HU_RANGE", "RouteInputsDataset", "ensure_route_inputs", "route_inputs", "route_split_dir", "stored_hu"]
+__all__ = [
+    "ROUTE_METAL_THRESHOLD_HU",
+    "ROUTE_TRACE_MODEL",
+    "STORED_HU_RANGE",
+    "RouteInputsDataset",
+    "ensure_route_inputs",
+    "route_inputs",
+    "route_split_dir",
+    "stored_hu",
+]
 
 #: Stored range of the usual 12-bit CT image (HU): metal saturates at the top.
 STORED_HU_RANGE = (-1024.0, 3071.0)

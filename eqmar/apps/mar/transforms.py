@@ -36,7 +36,8 @@ class MARInputs(Transform):
         mask = _as_channel_first(metal_mask, "metal mask")
         if not ma.shape == li.shape == mask.shape:
             raise ValueError(
-                f"MARInputs: ma_CT {tuple(ma.shape)}, LI_CT {tuple(li.shape)} and mask {tuple(mask.shape)} differ in shape."
+                f"MARInputs: ma_CT {tuple(ma.shape)}, LI_CT {tuple(li.shape)} and mask {tuple(mask.shape)} "
+                "differ in shape."
             )
         return torch.cat([ma, li, 1.0 - (mask > 0.5).float()], dim=0)
 

@@ -285,7 +285,8 @@ def mar_network_spec(cfg: MARExperimentConfig) -> dict[str, Any]:
         return network_spec("unet", features=[width, width, 2 * width, 4 * width, 8 * width, width])
     order = {"C2": 2, "C4": 4, "D4": 8, "C8": 8}[cfg.training.group]
     kwargs: dict[str, Any] = {
-        "num_stages": cfg.num_stages, "features": cfg.features, "num_res_blocks": cfg.num_res_blocks, "group_order": order,
+        "num_stages": cfg.num_stages, "features": cfg.features, "num_res_blocks": cfg.num_res_blocks,
+        "group_order": order,
     }
     if cfg.backbone != "oscnet":  # OSCNet's filters are base filters per orientation (4 published)
         kwargs["num_filters"] = cfg.num_filters
@@ -384,11 +385,15 @@ def ensure_demo_data(cfg: MARExperimentConfig) -> tuple[Path, str]:
     masks = generate_mask_set(seed=demo["seed"])
     for split, count in (("train", demo["train_images"]), ("test", demo["test_images"])):
         split_masks = select_split_masks(masks, split)
-        indices = sorted(set(cfg.train_masks) | set(cfg.val_masks)) if split == "train" else range(split_masks.shape[-1])
+        indices = (
+            sorted(set(cfg.train_masks) | set(cfg.val_masks)) if split == "train" else range(split_masks.shape[-1])
+        )
         sources = demo_sources(count, demo["seed"], split, demo.get("kinds", DEMO_PHANTOMS))
         if split == "train":
             sources += file_sources(files)
-        report = synthesize_dataset(sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.training.progress)
+        report = synthesize_dataset(
+            sources, split_masks, root, split, synth, mask_indices=indices, progress=cfg.training.progress
+        )
         _raise_on_failure(report, split)
     return root, synth.resolve_tag()
 
@@ -413,7 +418,9 @@ def ensure_holdout_data(cfg: MARExperimentConfig) -> tuple[Path, str] | None:
     synth = _demo_synthesis(demo)
     masks = select_split_masks(generate_mask_set(seed=demo["seed"]), "test")
     sources = holdout_sources(demo["holdout"], demo["seed"], demo.get("holdout_kinds", HOLDOUT_PHANTOMS), files)
-    _raise_on_failure(synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.training.progress), "held-out")
+    _raise_on_failure(
+        synthesize_dataset(sources, masks, root, "test", synth, progress=cfg.training.progress), "held-out"
+    )
     return root, synth.resolve_tag()
 
 
@@ -492,7 +499,11 @@ def _loaders(cfg: MARExperimentConfig, root: Path, tag: str) -> dict[str, Any]:
     from eqmar.data.datasets import SynDeepLesionTestDataset, SynDeepLesionTrainDataset
 
     train, sampler = _training_set(cfg, root, tag)
-    loaders = {"train": DataLoader(train, batch_size=cfg.training.batch_size, sampler=sampler, num_workers=cfg.training.workers)}
+    loaders = {
+        "train": DataLoader(
+            train, batch_size=cfg.training.batch_size, sampler=sampler, num_workers=cfg.training.workers
+        )
+    }
     test = SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd())
     if cfg.test_images is not None:
         test = Subset(test, range(min(len(test), cfg.test_images * len(test.mask_indices))))
@@ -513,7 +524,9 @@ def _model_meta(cfg: MARExperimentConfig, tag: str, image_size: int, roi: int | 
     """
     from eqmar.apps.mar.route import ROUTE_METAL_THRESHOLD_HU, ROUTE_TRACE_MODEL
 
-    meta: dict[str, Any] = {"group": cfg.training.group, "weight": cfg.training.weight, "geometry_tag": tag, "image_size": image_size}
+    meta: dict[str, Any] = {
+        "group": cfg.training.group, "weight": cfg.training.weight, "geometry_tag": tag, "image_size": image_size
+    }
     if roi is not None:
         meta["inference_roi"] = roi
     if cfg.route_fraction > 0.0:
@@ -564,7 +577,9 @@ def _example_rows(
         caption = {}
         for name, image in row.items():
             if name != "ground truth":
-                p, s = batch_mar_scores(image[None].float(), batch["gt"][i : i + 1].float(), batch["mask"][i : i + 1].float())
+                p, s = batch_mar_scores(
+                    image[None].float(), batch["gt"][i : i + 1].float(), batch["mask"][i : i + 1].float()
+                )
                 caption[name] = f"{float(p):.2f} dB / {float(s):.4f}"
         rows.append(row)
         captions.append(caption)
@@ -613,7 +628,9 @@ def _run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
 
     def make_optimizer(network: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         optimizer = torch.optim.Adam(network.parameters(), lr=cfg.training.lr, betas=cfg.betas)
-        return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.training.milestones), gamma=cfg.training.lr_decay)
+        return optimizer, torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(cfg.training.milestones), gamma=cfg.training.lr_decay
+        )
 
     def evaluate(network: nn.Module) -> dict[str, Any]:
         predictor = network_predictor(network, device, roi=roi)
@@ -633,7 +650,10 @@ def _run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
     probe_net = build_network(cfg)
     layers = regularised_layers(cfg, probe_net)
     _check_regularised_layers(cfg, probe_net, layers)
-    settings = EQRegSettings(weight=cfg.training.weight, group=cfg.training.group, layers=layers, reduction=cfg.training.reduction)  # type: ignore[arg-type]
+    settings = EQRegSettings(
+        weight=cfg.training.weight, group=cfg.training.group, layers=layers,
+        reduction=cfg.training.reduction,  # type: ignore[arg-type]
+    )
     task = TaskSpec(
         make_network=lambda: build_network(cfg),
         make_optimizer=make_optimizer,
@@ -644,11 +664,14 @@ def _run_mar_experiment(cfg: MARExperimentConfig) -> dict[str, Any]:
         image_keys=("image", "label"),
         probe_loader=loaders["probe"],
         make_evaluator=_validation_evaluator(loaders["val"], device) if "val" in loaders else None,
-        save_network=lambda network, path: save_mar_model(path, network, spec, meta=_model_meta(cfg, tag, image_size, roi)),
+        save_network=lambda network, path: save_mar_model(
+            path, network, spec, meta=_model_meta(cfg, tag, image_size, roi)
+        ),
     )
     results = run_arms(
-        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out, resume=cfg.training.resume,
-        checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
+        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out,
+        resume=cfg.training.resume, checkpoint_interval=cfg.training.checkpoint_interval,
+        progress=cfg.training.progress,
     )
     baselines = {
         "metal-affected": evaluate_mar(loaders["test"], input_predictor("ma_CT")),
@@ -713,7 +736,11 @@ def _write_outputs(
     write_results(out, payload, [payload["table"]])
     reports = {arm: res.equivariance for arm, res in results.items() if res.equivariance is not None}
     if reports:
-        plot_equivariance_report(reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.training.group})")
+        plot_equivariance_report(
+            reports, out / "equivariance.png", title=f"{cfg.backbone}: equivariance error ({cfg.training.group})"
+        )
     networks = {arm: r.network for arm, r in results.items()}
     rows, captions = _example_rows(test, networks, device, roi=mar_inference_roi(cfg))
-    plot_mar_examples(rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)")
+    plot_mar_examples(
+        rows, out / "examples.png", captions=captions, title=f"{cfg.backbone} on {root.name} (PSNR / SSIM)"
+    )

@@ -92,7 +92,9 @@ def write_nifti_like(path: str | os.PathLike, data: np.ndarray, reference: Any) 
 
     array = np.asarray(data, dtype=np.float32)
     if array.shape != tuple(reference.shape):
-        raise ValueError(f"write_nifti_like: data shape {array.shape} differs from the reference {tuple(reference.shape)}.")
+        raise ValueError(
+            f"write_nifti_like: data shape {array.shape} differs from the reference {tuple(reference.shape)}."
+        )
     header = reference.header.copy()
     header.set_data_dtype(np.float32)
     image = type(reference)(array, reference.affine, header)  # Nifti1Image or Nifti2Image, as read
@@ -257,7 +259,8 @@ def output_transfer_syntax(ds: Any) -> tuple[Any, str]:
     if not syntax.is_compressed:
         if syntax.is_little_endian:
             return syntax, "kept"
-        return ExplicitVRLittleEndian, f"{syntax.name} (big endian) is retired; written as {ExplicitVRLittleEndian.name}"
+        return ExplicitVRLittleEndian, (f"{syntax.name} (big endian) is retired; "
+                                        f"written as {ExplicitVRLittleEndian.name}")
     if not _is_lossless(syntax):
         return ExplicitVRLittleEndian, (f"{syntax.name} is lossy and eqmar does not compress lossily again; "
                                         f"written as {ExplicitVRLittleEndian.name}")
@@ -304,7 +307,7 @@ def write_dicom_series(
     if syntax is not None and reason != "kept":
         logger.warning("%s: %s", Path(paths[0]).parent if len(paths) > 1 else paths[0], reason)
     written = []
-    for ds, hu, path in zip(datasets, hu_slices, paths):
+    for ds, hu, path in zip(datasets, hu_slices, paths, strict=True):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         mar_dicom_dataset(ds, hu, series_uid, derivation).save_as(path, enforce_file_format=True)
@@ -344,7 +347,9 @@ class SaveHUNiftid:
                     break
             array = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
             affine = getattr(value, "affine", None)
-            affine = None if affine is None else np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine)
+            affine = (
+                None if affine is None else np.asarray(affine.detach().cpu() if hasattr(affine, "detach") else affine)
+            )
             target = self.output_dir / f"{name}_{self.output_postfix}.nii.gz"
             write_hu_nifti(target, array[0], affine, source)
             logger.info("wrote %s", target)

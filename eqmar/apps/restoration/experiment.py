@@ -174,7 +174,9 @@ def training_loader(
     _check_patch_size(items, patch_size)
     transform = _compose(
         load,
-        RandSpatialCropd(keys=_IMAGE_KEYS, roi_size=(patch_size, patch_size), random_size=False, allow_missing_keys=True),
+        RandSpatialCropd(
+            keys=_IMAGE_KEYS, roi_size=(patch_size, patch_size), random_size=False, allow_missing_keys=True
+        ),
         # The crop is a view of the cached image: copy the patch so no degradation can write into the
         # cache. Copying patches instead of whole cached images (copy_cache) is ~10x cheaper.
         Lambdad(keys=_IMAGE_KEYS, func=_copy, allow_missing_keys=True),
@@ -388,7 +390,9 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
     if unknown:
         raise ValueError(f"unknown arm(s) {unknown}; choose from {(*ARMS, STRICT_ARM)}.")
     if cfg.training.patch_size <= 0 or cfg.training.patch_size % cfg.size_multiple:
-        raise ValueError(f"patch size must be a positive multiple of {cfg.size_multiple}, got {cfg.training.patch_size}.")
+        raise ValueError(
+            f"patch size must be a positive multiple of {cfg.size_multiple}, got {cfg.training.patch_size}."
+        )
     if not cfg.train_items or not cfg.test_items:
         raise ValueError("the experiment needs at least one training and one test image.")
     device = resolve_torch_device(cfg.training.device)
@@ -396,10 +400,12 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
 
     loader = training_loader(
-        cfg.train_items, cfg.training.patch_size, cfg.training.batch_size, cfg.training.iters_per_epoch, cfg.degradation, cfg.load, cfg.training.workers
+        cfg.train_items, cfg.training.patch_size, cfg.training.batch_size, cfg.training.iters_per_epoch,
+        cfg.degradation, cfg.load, cfg.training.workers,
     )
     test = degraded_test_items(
-        cfg.test_items, cfg.degradation, cfg.test_seed, cfg.load, cfg.test_size, cfg.size_multiple, cfg.square_test_crops
+        cfg.test_items, cfg.degradation, cfg.test_seed, cfg.load, cfg.test_size, cfg.size_multiple,
+        cfg.square_test_crops,
     )
     probe = _probe_batches(test, cfg.probe_images, cfg.probe_size)
     options = {"device": device, "y_channel": cfg.y_channel, "quantize": cfg.quantize}
@@ -420,8 +426,9 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
         make_strict_network=cfg.make_strict_network,
     )
     results = run_arms(
-        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out, resume=cfg.training.resume,
-        checkpoint_interval=cfg.training.checkpoint_interval, progress=cfg.training.progress,
+        task, cfg.training.arms, settings, seed=cfg.training.seed, device=device, output_dir=out,
+        resume=cfg.training.resume, checkpoint_interval=cfg.training.checkpoint_interval,
+        progress=cfg.training.progress,
     )
     references = {"degraded input": _DegradedInput(cfg.image_channels), **cfg.baselines}
     baselines = {name: evaluate_restoration(module.to(device), test, **options) for name, module in references.items()}
@@ -445,7 +452,9 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
         "config": config,
         "meta": cfg.meta,
         "device": str(device),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {
+            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()
+        },
         "test_images": {str(item.get("name", i)): list(item["label"].shape) for i, item in enumerate(test)},
         "baselines": baselines,
         "arms": arms,
@@ -454,9 +463,12 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     header = (
-        f"## {cfg.task}\n\nseed {cfg.training.seed}; {cfg.training.epochs} epochs × {cfg.training.iters_per_epoch} iterations of batch "
-        f"{cfg.training.batch_size} (+{cfg.training.batch_size} rotated for aug/eqreg), {cfg.training.patch_size}² patches, Adam {cfg.training.lr:g}; "
-        f"EQ-Reg {cfg.training.group}, λ = {cfg.training.weight:g} ({cfg.training.reduction}); test: {', '.join(payload['test_images'])}"
+        f"## {cfg.task}\n\nseed {cfg.training.seed}; {cfg.training.epochs} epochs × "
+        f"{cfg.training.iters_per_epoch} iterations of batch "
+        f"{cfg.training.batch_size} (+{cfg.training.batch_size} rotated for aug/eqreg), "
+        f"{cfg.training.patch_size}² patches, Adam {cfg.training.lr:g}; "
+        f"EQ-Reg {cfg.training.group}, λ = {cfg.training.weight:g} ({cfg.training.reduction}); "
+        f"test: {', '.join(payload['test_images'])}"
     )
     if not is_main_process():  # every rank evaluates alike; rank 0 alone writes files
         return payload
@@ -468,6 +480,10 @@ def _run_restoration_experiment(cfg: RestorationExperimentConfig) -> dict[str, A
         # (its errors are in the table), so the figure shows the arms sharing the first arm's layers.
         first = list(next(iter(reports.values())).layers)
         same = {label: report for label, report in reports.items() if list(report.layers) == first}
-        plot_equivariance_report(same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.training.group})")
-    _example_figure(cfg, test, {**dict(cfg.baselines), **{labels[arm]: r.network for arm, r in results.items()}}, device)
+        plot_equivariance_report(
+            same, out / "equivariance.png", title=f"{cfg.task}: equivariance error ({cfg.training.group})"
+        )
+    _example_figure(
+        cfg, test, {**dict(cfg.baselines), **{labels[arm]: r.network for arm, r in results.items()}}, device
+    )
     return payload

@@ -168,7 +168,8 @@ class _RestorationMetric(IgniteMetricHandler):
         save_details: bool,
     ) -> None:
         prepared = _Prepared(
-            output_transform or _pred_and_label, y_channel=y_channel, data_range=data_range, clip=clip, quantize=quantize
+            output_transform or _pred_and_label, y_channel=y_channel, data_range=data_range, clip=clip,
+            quantize=quantize,
         )
         super().__init__(metric_fn=metric_fn, output_transform=prepared, save_details=save_details)
 
@@ -201,7 +202,9 @@ class RestorationPSNR(_RestorationMetric):
     ) -> None:
         from monai.metrics import PSNRMetric
 
-        super().__init__(PSNRMetric(max_val=data_range), y_channel, data_range, clip, quantize, output_transform, save_details)
+        super().__init__(
+            PSNRMetric(max_val=data_range), y_channel, data_range, clip, quantize, output_transform, save_details
+        )
 
 
 class RestorationSSIM(_RestorationMetric):

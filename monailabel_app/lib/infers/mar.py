@@ -3,7 +3,8 @@
 The request's image (a datastore image id, or an uploaded file) is read in HU with eqmar's CT
 loader (:class:`eqmar.data.ct_input.LoadCTd`: NIfTI, DICOM file or DICOM series folder, DeepLesion
 PNG), which refuses anything that is not CT in HU (an MR series, a colour PNG) with a 422 naming the
-image id or the uploaded file, the same check as ``python -m eqmar.infer`` and the bundle. Every axial slice with metal (HU above
+image id or the uploaded file, the same check as ``python -m eqmar.infer`` and the bundle.
+Every axial slice with metal (HU above
 ``metal_threshold_hu``) is corrected by :class:`eqmar.apps.mar.inferer.MARVolumeInferer`:
 
 - metal mask: ``HU > metal_threshold_hu`` (default 2500 HU);
@@ -84,10 +85,12 @@ class MARInfer(BasicInferTask):
         metal_threshold_hu: float = DEFAULT_METAL_THRESHOLD_HU,
         trace_model: str = "line",
         li_projector: str = "auto",
-        description: str = "CT metal artifact reduction (eqmar LI-residual UNet + EQ-Reg); returns the corrected volume in HU",
+        description: str = ("CT metal artifact reduction (eqmar LI-residual UNet + EQ-Reg); returns the corrected "
+                            "volume in HU"),
         **kwargs: Any,
     ) -> None:
-        config = {"metal_threshold_hu": float(metal_threshold_hu), "trace_model": trace_model, "li_projector": li_projector}
+        config = {"metal_threshold_hu": float(metal_threshold_hu), "trace_model": trace_model,
+                  "li_projector": li_projector}
         super().__init__(
             path=path,
             network=None,
@@ -114,7 +117,8 @@ class MARInfer(BasicInferTask):
         try:
             threshold = float(data.get("metal_threshold_hu", DEFAULT_METAL_THRESHOLD_HU))
         except (TypeError, ValueError) as error:
-            raise MARInputError(f"metal_threshold_hu must be a number, got {data.get('metal_threshold_hu')!r}", 400) from error
+            raise MARInputError(f"metal_threshold_hu must be a number, got {data.get('metal_threshold_hu')!r}",
+                                400) from error
         trace_model = str(data.get("trace_model", "line"))
         li_projector = str(data.get("li_projector", "auto"))
         if trace_model not in TRACE_MODELS:
@@ -158,7 +162,8 @@ class MARInfer(BasicInferTask):
                 cause = cause.__cause__
             if isinstance(cause, CTInputError):  # the loader's message already names the input
                 raise MARInputError(str(cause)) from error
-            name = data.get(INPUT_NAME_KEY) or os.path.basename(str(data.get("image_path") or data.get("image") or "input"))
+            name = data.get(INPUT_NAME_KEY) or os.path.basename(str(data.get("image_path") or data.get("image")
+                                                                     or "input"))
             raise MARInputError(f"{name}: cannot read the image as a CT volume: {_root_cause(error)}") from error
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:

@@ -28,10 +28,10 @@ from eqmar.equivariance import EQReg
 from eqmar.losses import MARLoss
 from eqmar.networks import proximal_conv_names, proximal_net_names
 from lib.infers.mar import ct_load_transforms
+from lib.transforms import RandMARSliced
 
 #: EQ-Reg weight of the shipped UNet (its features are on the µ scale; see eqmar's MAR demo configuration).
 DEFAULT_EQREG_WEIGHT = 1e-4
-from lib.transforms import RandMARSliced
 
 __all__ = ["MARTrain"]
 
@@ -159,7 +159,8 @@ class MARTrain(BasicTrainTask):
                 MARModelSaver(
                     self._model_path, context.network, self._spec or {}, self._meta.get("geometry_tag", "640geo"),
                     image_size=self._meta.get("image_size"),
-                    meta={**{k: v for k, v in self._meta.items() if k not in ("geometry_tag", "image_size", "iterations")},
+                    meta={**{k: v for k, v in self._meta.items()
+                             if k not in ("geometry_tag", "image_size", "iterations")},
                           "group": group, "weight": float(context.request.get("eqreg_weight", DEFAULT_EQREG_WEIGHT))},
                 )
             )
@@ -168,7 +169,8 @@ class MARTrain(BasicTrainTask):
         return handlers
 
     def lr_scheduler_handler(self, context: Context) -> LrScheduleHandler:
-        scheduler = torch.optim.lr_scheduler.StepLR(context.optimizer, step_size=max(int(context.max_epochs) // 2, 1), gamma=0.5)
+        scheduler = torch.optim.lr_scheduler.StepLR(context.optimizer, step_size=max(int(context.max_epochs) // 2, 1),
+                                                    gamma=0.5)
         return LrScheduleHandler(lr_scheduler=scheduler, print_lr=False)
 
     def val_handlers(self, context: Context) -> list[Any] | None:

@@ -76,7 +76,8 @@ def test_strict_classifier_predicts_the_same_class_at_the_four_right_angles(digi
 
 
 def test_eqreg_term_is_active_and_labels_are_repeated_not_rotated(tmp_path) -> None:
-    cfg = ClassificationConfig.demo_default(max_train=32, max_eval=16, batch_size=8, epochs=1, weight=1.0, progress=False)
+    cfg = ClassificationConfig.demo_default(max_train=32, max_eval=16, batch_size=8, epochs=1, weight=1.0,
+                                            progress=False)
     data = load_classification_data(max_train=32, max_eval=16)
     task, settings = build_task(cfg, data)
     network = task.make_network()
@@ -85,7 +86,9 @@ def test_eqreg_term_is_active_and_labels_are_repeated_not_rotated(tmp_path) -> N
         arm="eqreg", settings=settings, image_keys=task.image_keys, progress=False,
     )
     seen = {"terms": [], "labels": []}
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen["terms"].append(float(e.state.output[0]["eq_reg"])))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: seen["terms"].append(float(e.state.output[0]["eq_reg"]))
+    )
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED, lambda e: seen["labels"].append([int(o["label"]) for o in e.state.output])
     )

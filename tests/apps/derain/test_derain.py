@@ -147,7 +147,8 @@ def _write_pairs(folder, names_rain, names_clean, size=(12, 16)) -> None:
 
 def test_rain100l_dataset_loads_published_and_identical_names(tmp_path) -> None:
     root = tmp_path / "Rain100L"
-    _write_pairs(root / "train" / "small", [f"rain-{i}.png" for i in (1, 2, 10)], [f"norain-{i}.png" for i in (1, 2, 10)])
+    _write_pairs(root / "train" / "small", [f"rain-{i}.png" for i in (1, 2, 10)],
+                 [f"norain-{i}.png" for i in (1, 2, 10)])
     _write_pairs(root / "test", ["a.png", "b.png"], ["a.png", "b.png"])
     train = Rain100LDataset(root, "train")
     assert train.names == ["1", "2", "10"] and len(train) == 3
@@ -183,8 +184,8 @@ def _recipe():
     return derain_rain100l
 
 
-TINY = ["--stages", "2", "--features", "8", "--filters", "8", "--res-blocks", "1", "--epochs", "1", "--iters-per-epoch", "2", "--batch-size", "2",
-        "--patch-size", "16", "--no-progress"]
+TINY = ["--stages", "2", "--features", "8", "--filters", "8", "--res-blocks", "1", "--epochs", "1",
+        "--iters-per-epoch", "2", "--batch-size", "2", "--patch-size", "16", "--no-progress"]
 
 
 def _tiny_rain100l(tmp_path, train: int, test: int, shape: tuple[int, int, int], seed: int):
@@ -211,7 +212,8 @@ def test_recipe_trains_every_arm_on_a_tiny_rain100l_folder(tmp_path, capsys) -> 
         assert summary["iterations"] == 2, arm
         assert np.isfinite(summary["metrics"]["PSNR-Y"]) and 0 < summary["metrics"]["SSIM-Y"] <= 1
     assert results["meta"]["source"] == "Rain100L" and results["test_images"]["1"] == [3, 20, 28]  # whole images
-    assert results["config"]["y_channel"] and results["meta"]["derain"]["training"]["weight"] == 1e-8  # published λ with --data
+    # published λ with --data
+    assert results["config"]["y_channel"] and results["meta"]["derain"]["training"]["weight"] == 1e-8
     assert results["meta"]["regularised_layers"] == (2 + 2) * 2 * 1  # B-net convs: (S + 2) nets x 2 convs x 1 ResBlock
     printed = capsys.readouterr().out
     for row in ("| degraded input |", "| plain |", "| aug |", "| eqreg |", "| strict (P4) |"):
@@ -254,7 +256,8 @@ def test_recipe_help() -> None:
 
     from tests.helpers import ROOT
 
-    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "derain_rain100l.py"), "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "derain_rain100l.py"), "--help"],
+                         capture_output=True, text=True)
     assert out.returncode == 0
     for flag in ("--data", "--out", "--arm", "--lambda", "--group", "--stages", "--resume", "--no-progress"):
         assert flag in out.stdout

@@ -266,7 +266,8 @@ def test_verify_net_in_out():
 
     for config in ("inference.yaml", "train.yaml"):
         verify_net_in_out(
-            net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / config), device="cpu"
+            net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / config),
+            device="cpu",
         )
 
 
@@ -288,7 +289,8 @@ def tiny_syndeeplesion(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("syndeeplesion")
     masks = np.stack([_disc(256, 330, 15, 512), _disc(200, 200, 10, 512)], axis=-1).astype(np.uint8)
     config = SynthesisConfig(geometry="640geo", image_size=64, num_views=60, device="cpu", seed=0)
-    report = synthesize_dataset(demo_sources(2, 0, "train"), masks, root, "train", config, mask_indices=[0, 1], progress=False)
+    report = synthesize_dataset(demo_sources(2, 0, "train"), masks, root, "train", config, mask_indices=[0, 1],
+                                progress=False)
     assert not report.failures
     return root, config.resolve_tag()
 
@@ -297,7 +299,8 @@ def test_train_config_runs_eqreg(tmp_path, tiny_syndeeplesion):
     from monai.bundle import ConfigWorkflow
 
     root, tag = tiny_syndeeplesion
-    small = {"backbone": "dicdnet", "kwargs": {"num_stages": 1, "features": 8, "num_filters": 8, "num_res_blocks": 1, "group_order": 4}}
+    small = {"backbone": "dicdnet",
+             "kwargs": {"num_stages": 1, "features": 8, "num_filters": 8, "num_res_blocks": 1, "group_order": 4}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         workflow = ConfigWorkflow(
@@ -362,7 +365,8 @@ def test_load_mar_weights_takes_the_network_of_a_trainer_checkpoint(tmp_path):
     load_mar_weights(build_from_spec(spec), tmp_path / "model_key.pt")
     # weights of another backbone: the message says which keys differ, not just "Error(s) in loading"
     acdnet = network_spec("acdnet", num_stages=1, features=8, num_filters=8, num_res_blocks=1)
-    with pytest.raises(ValueError, match=r"checkpoint_final.pt: weights do not match .*\(ACDNet\): 69 key\(s\) missing: warmup_"):
+    with pytest.raises(ValueError, match=r"checkpoint_final.pt: weights do not match .*\(ACDNet\): "
+                                         r"69 key\(s\) missing: warmup_"):
         load_mar_weights(build_from_spec(acdnet), checkpoint)
     save_mar_model(tmp_path / "arm" / "model.pt", trained, spec)
     with pytest.raises(ValueError, match=r"is a folder, not a model file; the model file of a training arm is"):

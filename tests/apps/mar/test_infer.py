@@ -64,7 +64,8 @@ def model_path(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny_dicdnet.pt"
-    meta = {"group": "p4", "weight": 0.1, "geometry_tag": f"640geo_{WORKING_SIZE}px{VIEWS}v", "image_size": WORKING_SIZE}
+    meta = {"group": "p4", "weight": 0.1, "geometry_tag": f"640geo_{WORKING_SIZE}px{VIEWS}v",
+            "image_size": WORKING_SIZE}
     return save_mar_model(path, DICDNet(**TINY), network_spec("dicdnet", **TINY), meta)
 
 
@@ -160,9 +161,11 @@ def test_li_pipeline_reduces_streaks(model_path):
     from eqmar.ct.simulator import SynDeepLesionSimulator
 
     hu = phantom_slice("pelvis", seed=0, size=128)
-    with SynDeepLesionSimulator(model_geometry({"geometry_tag": f"640geo_{WORKING_SIZE}px{VIEWS}v"}), device="cpu") as sim:
+    with SynDeepLesionSimulator(model_geometry({"geometry_tag": f"640geo_{WORKING_SIZE}px{VIEWS}v"}),
+                                device="cpu") as sim:
         image = sim.prepare_image(hu)
-        pair = sim.simulate_pair(image, sim.prepare_mask(_disc(128, 64, 84, 6).astype(np.uint8)), np.random.default_rng(0))
+        pair = sim.simulate_pair(image, sim.prepare_mask(_disc(128, 64, 84, 6).astype(np.uint8)),
+                                 np.random.default_rng(0))
     artifact_hu, truth_hu = mu_to_hu(pair["ma_CT"]), mu_to_hu(image.mu)
     with MARInference(model_path, device="cpu", network=_Channel(1)) as li_only:
         corrected, info = li_only.correct_slice(artifact_hu)
@@ -244,7 +247,8 @@ def test_bad_slices_raise(engine):
 def test_strict_loading_and_foreign_checkpoint(tmp_path):
     from eqmar.networks import DICDNet
 
-    mismatched = save_mar_model(tmp_path / "bad.pt", DICDNet(**TINY), network_spec("dicdnet", **{**TINY, "features": 16}))
+    mismatched = save_mar_model(tmp_path / "bad.pt", DICDNet(**TINY),
+                                network_spec("dicdnet", **{**TINY, "features": 16}))
     with pytest.raises(ValueError, match="do not match"):
         MARInference(mismatched, device="cpu")
     foreign = tmp_path / "foreign.pt"
@@ -384,7 +388,7 @@ def test_cli_dicom_series_round_trip(model_path, tmp_path):
     changed = {"SeriesInstanceUID", "SOPInstanceUID", "SeriesDescription", "PixelData", "DerivationDescription",
                "SeriesNumber", "ImageType"}
     series_uids, sop_uids = set(), set()
-    for k, (src, dst) in enumerate(zip(inputs, outputs)):
+    for k, (src, dst) in enumerate(zip(inputs, outputs, strict=True)):
         a, b = pydicom.dcmread(src), pydicom.dcmread(dst)
         series_uids.add(b.SeriesInstanceUID)
         sop_uids.add(b.SOPInstanceUID)
@@ -489,7 +493,8 @@ def test_cli_names_a_training_checkpoint_and_other_wrong_model_files(metal_slice
     assert "odd.pt: model spec does not fit the dicdnet network" in error_of(odd_spec)
     torch.save({"format": "eqmar-mar-model/1", "network": "dicdnet", "state_dict": {}}, tmp_path / "flat.pt")
     assert "flat.pt: model spec must be" in error_of(tmp_path / "flat.pt")
-    typo = save_mar_model(tmp_path / "typo.pt", DICDNet(**TINY), network_spec("dicdnet", **TINY), {"geometry_tag": "604geo"})
+    typo = save_mar_model(tmp_path / "typo.pt", DICDNet(**TINY), network_spec("dicdnet", **TINY),
+                          {"geometry_tag": "604geo"})
     assert "typo.pt: unknown geometry_tag '604geo'" in error_of(typo)
     torch.save(DICDNet(**TINY).state_dict(), tmp_path / "bare.pt")  # torch.save(net.state_dict()) by hand
     assert "bare.pt: bare weights (" in error_of(tmp_path / "bare.pt")
@@ -547,7 +552,8 @@ def test_cli_keeps_an_rle_lossless_input_compressed(model_path, tmp_path):
     compressed.save_as(tmp_path / "rle" / "IM0000.dcm")
     assert _run_cli(model_path, tmp_path / "rle" / "IM0000.dcm", tmp_path / "out") == 0
     assert _run_cli(model_path, inputs[0], tmp_path / "out_plain") == 0
-    rle, plain = pydicom.dcmread(tmp_path / "out" / "IM0000.dcm"), pydicom.dcmread(tmp_path / "out_plain" / "IM0000.dcm")
+    rle, plain = (pydicom.dcmread(tmp_path / "out" / "IM0000.dcm"),
+                  pydicom.dcmread(tmp_path / "out_plain" / "IM0000.dcm"))
     assert rle.file_meta.TransferSyntaxUID == RLELossless
     assert plain.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian  # the uncompressed input's, kept
     np.testing.assert_array_equal(rle.pixel_array, plain.pixel_array)  # lossless: the same corrected pixels

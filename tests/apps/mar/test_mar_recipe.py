@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def _tiny(tmp_path, **overrides) -> MARExperimentConfig:
-    demo = {"cache": str(tmp_path / "data"), "image_size": 64, "views": 72, "train_images": 2, "test_images": 2, "seed": 0}
+    demo = {"cache": str(tmp_path / "data"), "image_size": 64, "views": 72, "train_images": 2, "test_images": 2,
+            "seed": 0}
     base = dict(
         output_dir=tmp_path / "run", num_stages=2, features=8, num_filters=8, num_res_blocks=1, epochs=1,
         iters_per_epoch=2, batch_size=2, patch_size=32, train_masks=(0, 1), demo=demo, progress=False,
@@ -29,7 +30,7 @@ def _tiny(tmp_path, **overrides) -> MARExperimentConfig:
 def test_three_arms_table_files_and_resume(tmp_path) -> None:
     results = run_mar_experiment(_tiny(tmp_path))
     assert set(results["arms"]) == {"plain", "aug", "eqreg"}
-    for arm, res in results["arms"].items():
+    for _arm, res in results["arms"].items():
         assert res["iterations"] == 2
         assert res["metrics"]["average"]["n"] == 20  # 2 test images x 10 test masks
         assert 0 < res["equivariance"]["output"] < 10
@@ -62,7 +63,8 @@ def test_strict_loading_rejects_mismatched_weights(tmp_path) -> None:
 
 
 def test_recipe_help() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "mar_deeplesion.py"), "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(ROOT / "recipes" / "mar_deeplesion.py"), "--help"],
+                         capture_output=True, text=True)
     assert out.returncode == 0 and "--lambda" in out.stdout and "--resume" in out.stdout
 
 
@@ -79,7 +81,8 @@ def test_data_root_path_runs_the_protocol_with_validation(tmp_path) -> None:
     assert mar_deeplesion.main(argv) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     arm = results["arms"]["eqreg"]
-    assert results["config"]["training"]["lr"] == 2e-4 and results["config"]["betas"] == [0.5, 0.999]  # published defaults
+    # published defaults
+    assert results["config"]["training"]["lr"] == 2e-4 and results["config"]["betas"] == [0.5, 0.999]
     assert arm["metrics"]["average"]["n"] == 10 and arm["iterations"] == 2
     assert arm["validation"]["val_mar_psnr"] > 0
     assert mar_deeplesion.main([*argv[:-1], "--train-masks", "9-1"]) == 2
@@ -171,7 +174,8 @@ def test_held_out_set_and_region_errors_are_part_of_the_output(tmp_path) -> None
     assert set(arm["region_errors"]) >= {"far soft tissue/air (> 20 px)", "metal edge (≤ 2 px)"}
     assert "LI" in results["holdout_baselines"] and "li_region_errors" in results
     table = results["table"]
-    assert "Held-out set (anatomy the demo never trains on: ct_small_000001/001, file_00_gt/000, phantom_head/000)" in table
+    assert ("Held-out set (anatomy the demo never trains on: ct_small_000001/001, file_00_gt/000, "
+            "phantom_head/000)") in table
     assert "Mean signed error / RMSE (HU) by distance from the metal, test set:" in table
     net, payload = load_mar_model(tmp_path / "run" / "eqreg" / "model.pt")
     assert payload["meta"]["inference_roi"] == 32  # the UNet is run on patches of its training size

@@ -114,7 +114,7 @@ def test_fine_tuning_run_starts_from_the_given_weights_and_mixes_route_inputs(ti
     # learning rate 0: the tuned model is the model it started from
     a, first_payload = load_mar_model(first)
     b, payload = load_mar_model(tmp_path / "tuned" / "eqreg" / "model.pt")
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=False):
         assert torch.equal(x, y), name
     # the file records how its route inputs were made, and inference makes its LI the same way by default
     assert "route_inputs" not in first_payload["meta"]
@@ -131,7 +131,8 @@ def test_fine_tuning_run_starts_from_the_given_weights_and_mixes_route_inputs(ti
 
 
 def test_clinical_preset_mixes_route_inputs_with_metal_centred_patches(tmp_path):
-    """The shipped model's settings: half route inputs (every other mask), route patches on metal, protocol ones uniform."""
+    """The shipped model's settings: half route inputs (every other mask), route patches on metal,
+    protocol ones uniform."""
     from eqmar.apps.mar.workflow import MARExperimentConfig, route_data_masks
 
     model = tmp_path / "reference.pt"

@@ -64,7 +64,9 @@ def _request(
         return error.code, error.read()
 
 
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None) -> tuple[bytes, dict[str, str]]:
+def _multipart(
+    fields: dict[str, str], files: dict[str, tuple[str, bytes]] | None = None
+) -> tuple[bytes, dict[str, str]]:
     boundary = uuid.uuid4().hex
     parts = []
     for name, value in fields.items():
@@ -79,7 +81,9 @@ def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]] | Non
     return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def _infer(base: str, query: str, params: dict[str, Any] | None = None, upload: tuple[str, bytes] | None = None) -> tuple[int, bytes]:
+def _infer(
+    base: str, query: str, params: dict[str, Any] | None = None, upload: tuple[str, bytes] | None = None
+) -> tuple[int, bytes]:
     body, headers = _multipart({"params": json.dumps(params or {})}, {"file": upload} if upload else None)
     return _request(f"{base}/infer/mar?{query}", body, headers)
 
@@ -119,7 +123,8 @@ class _Server:
         ]
         with open(self.log, "wb") as log:
             # a new session: the whole group (server and anything it spawns) can be stopped together
-            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         self.pgid = self.process.pid
 
     def tail(self, chars: int = 4000) -> str:
@@ -162,7 +167,8 @@ class _Server:
 @pytest.fixture(scope="module")
 def app_python() -> Path:
     if not APP_PYTHON.exists():
-        message = f"MONAI Label app environment not found ({APP_PYTHON}); create it with: bash monailabel_app/setup_env.sh"
+        message = (f"MONAI Label app environment not found ({APP_PYTHON}); "
+                   "create it with: bash monailabel_app/setup_env.sh")
         if os.environ.get("EQMAR_REQUIRE_MONAILABEL_APP"):  # set by .ci/monailabel_step
             pytest.fail(message)
         pytest.skip(message)
@@ -197,7 +203,8 @@ def studies(tmp_path_factory) -> dict[str, Any]:
             axial = np.stack([artifact if k == metal_slice else clean for k in range(count)])
             reference = np.stack([clean] * count)
             affine = np.array([[-0.75, 0, 0, 90.0], [0, -0.75, 0, 80.0], [0, 0, 2.0, -40.0], [0, 0, 0, 1]])
-            nib.save(nib.Nifti1Image(axial_to_nifti(axial, affine).astype(np.float32), affine), str(folder / f"{name}.nii.gz"))
+            nib.save(nib.Nifti1Image(axial_to_nifti(axial, affine).astype(np.float32), affine),
+                     str(folder / f"{name}.nii.gz"))
             nib.save(nib.Nifti1Image(axial_to_nifti(reference, affine).astype(np.float32), affine),
                      str(folder / "labels" / "final" / f"{name}.nii.gz"))
             volumes[name] = {"axial": axial, "clean": clean, "metal_slice": metal_slice, "affine": affine}
@@ -277,7 +284,8 @@ def test_infer_reduces_streaks(server, studies, tmp_path):
 def test_bad_requests_get_4xx_and_the_server_keeps_serving(server):
     status, body = _infer(server.url, "image=no_such_image&output=image")
     assert status == 404 and b"no_such_image" in body
-    status, body = _infer(server.url, "output=image", upload=("broken.nii.gz", gzip.compress(b"not a NIfTI header")[:40]))
+    status, body = _infer(server.url, "output=image",
+                          upload=("broken.nii.gz", gzip.compress(b"not a NIfTI header")[:40]))
     assert status == 422 and b"the uploaded file (.nii.gz): cannot read it as a CT image" in body, body[:500]
     assert b"tmp" not in body  # never the server's temporary copy
     status, body = _infer(server.url, "output=image", upload=("noise.nii.gz", os.urandom(3000)))

@@ -9,8 +9,6 @@ never trained on. Skipped where ``../shared/conformance/syndeeplesion`` is absen
 
 from __future__ import annotations
 
-import runpy
-
 import pytest
 
 from tests.helpers import ROOT
@@ -22,7 +20,6 @@ LI_PSNR = 36.80  # the sample's LI_CT by the protocol metric
 @pytest.fixture(scope="module")
 def sample_scores(conformance_dir):
     import tempfile
-    from pathlib import Path
 
     from monai.data import DataLoader
 
@@ -31,11 +28,11 @@ def sample_scores(conformance_dir):
     from eqmar.apps.mar.sliding import inference_roi
     from eqmar.apps.mar.transforms import MARInputsd
     from eqmar.data.datasets import SynDeepLesionTestDataset
+    from eqmar.data.syndeeplesion import link_sample
 
-    sample_root = runpy.run_path(str(ROOT / "bench" / "score_published_sample.py"))["sample_root"]
     network, payload = load_mar_model(MODEL)
     with tempfile.TemporaryDirectory() as tmp:
-        root, tag = sample_root(conformance_dir, Path(tmp))
+        root, tag = link_sample(conformance_dir, tmp)
         loader = DataLoader(SynDeepLesionTestDataset(root, geometry=tag, transform=MARInputsd()), batch_size=2)
         model = network_predictor(network, roi=inference_roi(payload.get("meta")))
         li = evaluate_mar(loader, input_predictor("LI_CT")).as_dict()["average"]

@@ -64,10 +64,12 @@ def test_constant_offset_gives_minus_20_log10_d(offset: float) -> None:
 def test_psnr_and_ssim_match_skimage_rgb_and_grey() -> None:
     noisy, clean = _noisy_pair()
     a, b = clean.numpy(), noisy.numpy()
-    assert float(restoration_psnr(noisy, clean)[0]) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-3)
+    assert float(restoration_psnr(noisy, clean)[0]) == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0),
+                                                                     abs=1e-3)
     assert float(restoration_ssim(noisy, clean)[0]) == pytest.approx(_skimage_ssim(a, b, channel_axis=0), abs=1e-4)
     grey_noisy, grey_clean = noisy[:1], clean[:1]
-    assert float(restoration_ssim(grey_noisy, grey_clean)[0]) == pytest.approx(_skimage_ssim(a[0], b[0], None), abs=1e-4)
+    assert float(restoration_ssim(grey_noisy, grey_clean)[0]) == pytest.approx(_skimage_ssim(a[0], b[0], None),
+                                                                               abs=1e-4)
 
 
 def test_y_channel_is_bt601_and_matches_skimage_on_y() -> None:
