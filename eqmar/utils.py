@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -20,6 +20,7 @@ __all__ = [
     "EXTRAS",
     "MissingExtraError",
     "atomic_write",
+    "lazy_exports",
     "optional_import",
     "parse_index_ranges",
     "require_extra",
@@ -190,3 +191,25 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """``__getattr__`` and ``__dir__`` for a package that serves ``exports`` (name -> sub-module) on first use.
+
+    PEP 562 lets ``import eqmar.ct`` stay light: a name's sub-module (and its optional dependencies)
+    is imported only when the name is first looked up.
+
+    Args:
+        package: the package's ``__name__``.
+        exports: exported name -> the sub-module (relative to ``package``) that defines it.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__

@@ -1,17 +1,19 @@
 """eqmar.ct: fan-beam CT geometry, projectors and the SynDeepLesion metal-artifact simulator.
 
+Also a small parallel-beam projector in PyTorch (:mod:`eqmar.ct.parallel`) for MAR inference where ASTRA is absent.
+
 Names are resolved lazily (PEP 562) so that ``import eqmar.ct`` does not import ASTRA, ODL or torch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from eqmar.utils import lazy_exports
 
 __all__ = [
     "ArcRampFilter",
     "FanBeamGeometry",
     "GEOMETRY_PRESETS",
+    "ParallelBeamProjector",
     "Projector",
     "astra_cuda_available",
     "PixelDrivenBackprojector",
@@ -42,6 +44,7 @@ _LOCATIONS = {
     "ArcRampFilter": "arc",
     "FanBeamGeometry": "geometry",
     "GEOMETRY_PRESETS": "geometry",
+    "ParallelBeamProjector": "parallel",
     "Projector": "projector",
     "astra_cuda_available": "projector",
     "PixelDrivenBackprojector": "backprojection",
@@ -69,11 +72,4 @@ _LOCATIONS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LOCATIONS:
-        return getattr(importlib.import_module(f"{__name__}.{_LOCATIONS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LOCATIONS)

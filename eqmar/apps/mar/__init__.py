@@ -11,8 +11,7 @@ Names are resolved lazily, so that the command line's ``--help`` does not import
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from eqmar.utils import lazy_exports
 
 _EXPORTS = {
     "evaluate_mar": "evaluation",
@@ -39,11 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
