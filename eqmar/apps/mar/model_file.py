@@ -103,7 +103,14 @@ def read_mar_weights(path: str | Path, map_location: str | torch.device = "cpu")
         ValueError: a folder, an empty or unreadable file, or a file that holds no network weights.
     """
     path = Path(path)
-    payload = read_model_payload(path, map_location)
+    weights = _weights_in(read_model_payload(path, map_location), path)
+    if weights is None:
+        raise ValueError(f"{path}: holds no MAR network weights (expected an eqmar model file or a state dict).")
+    return weights
+
+
+def _weights_in(payload: Any, path: Path) -> MARWeights | None:
+    """The weights in what ``torch.load`` returned for ``path``, or None when it holds none of the accepted kinds."""
     if isinstance(payload, Mapping) and payload.get("format") == MODEL_FORMAT:
         state = payload.get("state_dict")
         if not isinstance(state, Mapping):
@@ -115,7 +122,7 @@ def read_mar_weights(path: str | Path, map_location: str | torch.device = "cpu")
         return MARWeights(payload["model"], "model-key", None)
     if is_state_dict(payload):
         return MARWeights(payload, "state_dict", None)
-    raise ValueError(f"{path}: holds no MAR network weights (expected an eqmar model file or a state dict).")
+    return None
 
 
 def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -131,12 +138,9 @@ def load_mar_model(path: str | Path, map_location: str | torch.device = "cpu") -
             description that cannot be built, or weights that do not match the network.
     """
     path = Path(path)
-    try:
-        weights = read_mar_weights(path, map_location)
-    except ValueError as error:
-        if "holds no MAR network weights" not in str(error):
-            raise
-        raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).") from None
+    weights = _weights_in(read_model_payload(path, map_location), path)
+    if weights is None:
+        raise ValueError(f"{path}: not an eqmar MAR model file (expected format {MODEL_FORMAT!r}).")
     if weights.kind == "checkpoint":
         raise ValueError(_training_checkpoint_message(path))
     if weights.payload is None:
