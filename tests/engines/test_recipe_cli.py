@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import runpy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from eqmar.engines.cli import COMMON_FIELDS, add_experiment_arguments, collect_overrides, run_experiment_cli
 from eqmar.engines.config import TRAINING_FIELDS, TrainingConfig, with_overrides
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 
 RECIPES = sorted((ROOT / "recipes").glob("*.py"))
 
@@ -99,4 +98,4 @@ def test_every_recipe_has_help_and_the_shared_flags(recipe: Path, capsys) -> Non
 
 
 def _main(recipe: Path):
-    return runpy.run_path(str(recipe))["main"]
+    return load_script(recipe).main

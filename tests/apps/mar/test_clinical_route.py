@@ -1,6 +1,6 @@
 """The clinical route scored against ground truth (``bench/clinical_route.py``).
 
-The script is loaded from its path with :func:`runpy.run_path` (``bench`` is not a package). The first
+The script is loaded from its path with :func:`tests.helpers.load_script` (``bench`` is not a package). The first
 tests run the route end to end on one small phantom case at the shipped model's geometry; the last one
 states the product requirements of the shipped model on the clinical route (stored HU in, no sinogram):
 the network beats the route's own image-domain LI by at least 1 dB PSNR, and leaves no halo of more
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import runpy
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_script
 
 SCRIPT = ROOT / "bench" / "clinical_route.py"
 MODEL = ROOT / "bundles" / "eqmar_mar" / "models" / "model.pt"
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 @pytest.fixture(scope="module")
 def clinical() -> dict[str, Any]:
     """The script's globals (functions and constants), without running its ``main``."""
-    return runpy.run_path(str(SCRIPT))
+    return vars(load_script(SCRIPT))
 
 
 def _numbers(value: Any) -> list[float]:

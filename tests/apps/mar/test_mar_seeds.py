@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import runpy
 
 import pytest
 
-from tests.helpers import ROOT
-
-SEEDS_RECIPE = ROOT / "recipes" / "mar_seeds.py"
+from tests.helpers import recipe
 
 
 def _scores(psnr: float, ssim: float) -> dict:
@@ -31,7 +28,7 @@ def test_verdict_from_finished_seeds_without_training(tmp_path, capsys) -> None:
     out = tmp_path / "seeds"
     for seed, values in enumerate([(32.0, 32.5, 32.6), (31.8, 32.1, 32.4), (32.2, 32.4, 32.5)]):
         _write_seed(out, seed, *values)
-    main = runpy.run_path(str(SEEDS_RECIPE))["main"]
+    main = recipe("mar_seeds").main
     assert main(["--seeds", "0-2", "--out", str(out)]) == 0  # nothing left to train
     verdict = json.loads((out / "verdict.json").read_text())
     test = verdict["sets"]["test"]["psnr"]
@@ -48,7 +45,7 @@ def test_verdict_from_finished_seeds_without_training(tmp_path, capsys) -> None:
 
 
 def test_seeds_flag_needs_two_valid_seeds(tmp_path, capsys) -> None:
-    main = runpy.run_path(str(SEEDS_RECIPE))["main"]
+    main = recipe("mar_seeds").main
     assert main(["--seeds", "3", "--out", str(tmp_path)]) == 2
     assert "at least two seeds" in capsys.readouterr().err
     assert main(["--seeds", "4-2", "--out", str(tmp_path)]) == 2
